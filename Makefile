@@ -1,0 +1,73 @@
+# visionops: `make demo` runs the pipeline on the bundled digits; `make test` runs the tests.
+# Both create .venv and install the pinned environment first (once; later runs skip it).
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PORT ?= 5000
+
+export NO_ALBUMENTATIONS_UPDATE := 1
+export PYTHONUNBUFFERED := 1
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: help install demo test test-slow params repro mlflow-ui lint bench lock clean
+
+help:
+	@echo "make demo       run prepare -> train -> evaluate on the bundled digits (dvc repro)"
+	@echo "make test       run the test suite"
+	@echo "make mlflow-ui  browse runs at http://127.0.0.1:$(PORT)"
+	@echo "make bench      run the benchmarks under benchmarks/"
+	@echo "make params     compose conf/ into params.yaml (what DVC stages read)"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing the pinned environment into $(VENV) (first time only, ~3 min)..."
+	@$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' > $(VENV)/install.log 2>&1 \
+	  || { grep -v "^WARNING: Location" $(VENV)/install.log | tail -40; echo "error: install failed; full log in $(VENV)/install.log"; exit 1; }
+	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "error: not a git repository (DVC needs one): run from a git clone"; exit 1; }
+	@touch $(STAMP)
+	@echo "Environment ready: $(VENV)"
+
+params: $(STAMP)
+	@$(BIN)/python -m train.params
+
+repro: params
+	@$(BIN)/dvc repro
+
+demo: repro
+	@echo ""
+	@echo "== visionops demo finished =="
+	@$(BIN)/python -c "import json; m=json.load(open('reports/evaluate/metrics.json')); print(f\"test accuracy {m['test/acc']:.4f}  macro F1 {m['test/f1_macro']:.4f}  ECE {m['test/ece']:.4f}\")"
+	@echo "Look at: reports/evaluate/confusion.png, reports/train/history.csv (dvc plots show),"
+	@echo "         dvc metrics show, and the MLflow UI: make mlflow-ui -> http://127.0.0.1:$(PORT)"
+
+test: $(STAMP)
+	@$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	@$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_throughput.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+# Re-pin every package after changing dependencies in pyproject.toml.
+lock:
+	rm -rf /tmp/visionops-lock && $(PYTHON) -m venv /tmp/visionops-lock
+	/tmp/visionops-lock/bin/pip install -q '.[dev]'
+	( echo "# Every package of the environment, pinned exactly. Install with: pip install -c constraints.txt -e '.[dev]'"; \
+	  echo "# Regenerate with \`make lock\` after changing pyproject.toml dependencies."; \
+	  /tmp/visionops-lock/bin/pip freeze --exclude visionops ) > constraints.txt
+
+clean:
+	rm -rf outputs reports/*/ models data/prepared .pytest_cache

@@ -1,0 +1,90 @@
+"""The `evaluate` stage: test-split metrics, calibration and confusion matrix of the best model.
+
+Writes reports/evaluate/{metrics.json, confusion.csv, confusion.png, predictions.csv} (DVC
+metrics and plots) and logs them to the training run in MLflow.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from train.errors import VisionopsError
+from train.evaluation import classification_metrics, load_inputs, plot_confusion, predict_proba
+from train.module import load_classifier
+from visionops.manifest import read_labels, read_manifest
+from visionops.preprocess import PreprocessSpec
+
+
+def evaluate(cfg: DictConfig, checkpoint: str | None = None) -> dict[str, Any]:
+    import mlflow
+
+    reports_train = Path(cfg.paths.reports) / "train"
+    run_info: dict[str, Any] = {}
+    if (reports_train / "run.json").exists():
+        run_info = json.loads((reports_train / "run.json").read_text())
+    ckpt = checkpoint or run_info.get("best_checkpoint") or str(Path(cfg.paths.models) / "checkpoints" / "best.ckpt")
+    if not Path(ckpt).exists():
+        raise VisionopsError(f"checkpoint {ckpt} not found: train first (`dvc repro train` or `python -m train`)")
+
+    model = load_classifier(ckpt)
+    spec = PreprocessSpec.from_dict(model.hparams["preprocess"])
+    prepared = Path(cfg.paths.prepared)
+    labels = read_labels(prepared)
+    if labels != list(model.hparams["labels"]):
+        raise VisionopsError(
+            f"the checkpoint was trained on labels {model.hparams['labels']} but {prepared} has {labels}: "
+            "re-run prepare and train together"
+        )
+    records = read_manifest(prepared / "test.csv")
+    idx = {label: i for i, label in enumerate(labels)}
+    y = np.asarray([idx[r.label] for r in records])
+    probs = predict_proba(model, load_inputs(records, spec))
+    pred = probs.argmax(1)
+    m = classification_metrics(probs, y, labels, "test")
+
+    out = Path(cfg.paths.reports) / "evaluate"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(m, indent=2) + "\n")
+    with open(out / "confusion.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["actual", "predicted"])
+        for a, p in zip(y, pred):
+            w.writerow([labels[a], labels[p]])
+    with open(out / "predictions.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "predicted", "confidence"])
+        for r, p, pr in zip(records, pred, probs):
+            w.writerow([r.path, r.label, labels[p], f"{pr.max():.6f}"])
+    png = plot_confusion(y, pred, labels, out / "confusion.png", f"test confusion (acc {m['test/acc']:.3f})")
+
+    run_id = run_info.get("run_id")
+    if run_id:
+        from train import tracking
+
+        mlflow.set_tracking_uri(run_info.get("tracking_uri") or tracking.tracking_uri(cfg.logger.tracking_uri))
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_metrics({k: v for k, v in m.items() if k != "per_class"})
+            mlflow.log_artifact(str(png), "plots")
+            mlflow.log_dict(m, "evaluate/metrics.json")
+    print(
+        f"Test accuracy {m['test/acc']:.4f}, macro F1 {m['test/f1_macro']:.4f}, ECE {m['test/ece']:.4f} "
+        f"on {m['test/n']} images. Results saved to {out}/"
+        + (f" and MLflow run {run_id}" if run_id else "")
+    )
+    return m
+
+
+def main() -> None:
+    from train.config import run_task
+
+    run_task(evaluate, task_name="evaluate")
+
+
+if __name__ == "__main__":
+    main()

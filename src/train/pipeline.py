@@ -1,0 +1,194 @@
+"""`train(cfg)`: fit a classifier on the prepared manifests, tracked in MLflow.
+
+Returns (metrics, objects) and never exits: the CLI in train/__main__.py wraps it, tests call it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as L
+import numpy as np
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+from omegaconf import DictConfig, OmegaConf
+
+from train import tracking
+from train.datamodule import ManifestDataModule
+from train.evaluation import classification_metrics, plot_confusion, predict_proba
+from train.module import ImageClassifier, load_classifier
+from train.trainer_setup import resolve_trainer_config
+from visionops.manifest import data_version
+from visionops.preprocess import PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+
+def _rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+
+
+def _sweep_dir() -> str | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        return str(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+    except (ImportError, ValueError):
+        return None
+
+
+class EpochMLFlowLogger(MLFlowLogger):
+    """Logs each metric at step = epoch, so curves line up across batch sizes and resumed runs."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        metrics = dict(metrics)
+        epoch = metrics.pop("epoch", None)
+        super().log_metrics(metrics, step=int(epoch) if epoch is not None else step)
+
+    def log_hyperparams(self, params: Any) -> None:
+        """The full config is logged once, flattened, by train(); Lightning's copy would clash."""
+
+
+def _write_history(run_id: str, out_csv: Path) -> None:
+    """Per-epoch metrics from MLflow as a CSV that `dvc plots` draws as learning curves."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    keys = ["train/loss", "val/loss", "train/acc", "val/acc"]
+    by_step: dict[int, dict[str, float]] = {}
+    for k in keys:
+        for m in client.get_metric_history(run_id, k):
+            by_step.setdefault(m.step, {})[k] = m.value
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_csv, "w") as fh:
+        fh.write("epoch," + ",".join(k.replace("/", "_") for k in keys) + "\n")
+        for step in sorted(by_step):
+            row = by_step[step]
+            fh.write(f"{step}," + ",".join(f"{row[k]:.6f}" if k in row else "" for k in keys) + "\n")
+
+
+def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    import mlflow
+
+    t0 = time.time()
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    trainer_kw, channels_last = resolve_trainer_config(cfg.trainer)
+
+    if not (Path(cfg.paths.prepared) / "labels.json").exists():
+        from train.prepare import prepare
+
+        log.info("no manifests in %s: running the prepare stage first", cfg.paths.prepared)
+        prepare(cfg)
+    dm = ManifestDataModule.from_config(cfg, pin_memory=trainer_kw.get("accelerator") in ("gpu", "cuda"))
+    dm.setup("fit")
+    spec = PreprocessSpec.from_data_config(cfg.data)
+    model = ImageClassifier(
+        net_cfg=OmegaConf.to_container(cfg.model.net, resolve=True),
+        num_classes=dm.num_classes,
+        in_channels=spec.channels,
+        labels=dm.labels,
+        preprocess=spec.to_dict(),
+        optimizer=instantiate(cfg.model.optimizer),
+        scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
+        channels_last=channels_last,
+    )
+
+    models_dir = Path(cfg.paths.models)
+    ckpt_dir = models_dir / "checkpoints"
+    reports = Path(cfg.paths.reports) / "train"
+    resuming = cfg.get("ckpt_path") is not None
+    rank = _rank()
+    if rank == 0 and not resuming and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)  # a fresh run never mixes with an old run's checkpoints
+
+    uri = tracking.connect(cfg)
+    data_ver = data_version(Path(cfg.paths.prepared))
+    active = None
+    if rank == 0:
+        parent = None
+        sweep = _sweep_dir()
+        if sweep:
+            parent = tracking.sweep_parent(cfg, str(Path(sweep).resolve()))
+        if cfg.logger.log_system_metrics:
+            mlflow.set_system_metrics_sampling_interval(2)
+            mlflow.set_system_metrics_samples_before_logging(1)
+        active = mlflow.start_run(
+            run_name=cfg.logger.run_name,
+            log_system_metrics=bool(cfg.logger.log_system_metrics),
+            tags={"mlflow.parentRunId": parent} if parent else None,
+        )
+        os.environ[tracking.RUN_ID_ENV] = active.info.run_id
+        tracking.log_run_context(cfg, data_ver)
+        if resuming:
+            mlflow.set_tag("resumed_from", str(cfg.ckpt_path))
+    run_id = os.environ[tracking.RUN_ID_ENV]
+
+    logger = EpochMLFlowLogger(
+        experiment_name=cfg.logger.experiment_name, tracking_uri=uri, run_id=run_id, log_model=False
+    )
+    checkpoint = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor=cfg.callbacks.checkpoint.monitor,
+        mode=cfg.callbacks.checkpoint.mode, save_last=True, enable_version_counter=False,
+    )
+    es = cfg.callbacks.early_stopping
+    callbacks = [checkpoint, EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta)]
+    trainer = L.Trainer(logger=logger, callbacks=callbacks, deterministic=bool(cfg.deterministic), **trainer_kw)
+
+    try:
+        trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
+        if not trainer.is_global_zero:
+            return {}, {"trainer": trainer}
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if np.ndim(v.cpu()) == 0}
+        best_path = checkpoint.best_model_path or ""
+        result: dict[str, Any] = {
+            "epochs": int(trainer.current_epoch),
+            "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+            **{k: metrics[k] for k in ("train/loss", "val/loss", "val/acc", "val/f1_macro") if k in metrics},
+            "run_id": run_id,
+            "data_version": data_ver,
+            "seconds": round(time.time() - t0, 1),
+        }
+        if best_path:
+            # Validation confusion matrix of the best weights: a picture of what the model confuses.
+            best = load_classifier(best_path)
+            val = dm.datasets["val"]
+            xs = np.stack([val[i][0].numpy() for i in range(len(val))])
+            probs = predict_proba(best, xs)
+            y = np.asarray(val.targets)
+            val_metrics = classification_metrics(probs, y, dm.labels, "val")
+            png = plot_confusion(y, probs.argmax(1), dm.labels, reports / "confusion_val.png",
+                                 f"validation confusion (acc {val_metrics['val/acc']:.3f})")
+            mlflow.log_artifact(str(png), "plots")
+            mlflow.log_metric("val/ece", val_metrics["val/ece"])
+            if cfg.logger.log_checkpoint:
+                mlflow.log_artifact(best_path, "checkpoints")
+            result["val/ece"] = val_metrics["val/ece"]
+        result["best_checkpoint"] = best_path
+        reports.mkdir(parents=True, exist_ok=True)
+        (reports / "metrics.json").write_text(json.dumps(
+            {k: v for k, v in result.items() if k not in ("run_id", "best_checkpoint", "data_version")}, indent=2) + "\n")
+        (reports / "run.json").write_text(json.dumps(
+            {"run_id": run_id, "tracking_uri": uri, "experiment": cfg.logger.experiment_name,
+             "best_checkpoint": best_path, "data_version": data_ver}, indent=2) + "\n")
+        _write_history(run_id, reports / "history.csv")
+        mlflow.log_artifact(str(reports / "history.csv"))
+        exp_id = mlflow.get_run(run_id).info.experiment_id
+        print(
+            f"Trained {cfg.model.arch} for {result['epochs']} epochs in {result['seconds']}s: "
+            f"best val/acc {result['best_val_acc']:.4f}. Model: {best_path}  Metrics: {reports}/metrics.json  "
+            f"MLflow run: {run_id} (experiment {exp_id}, {uri}; `make mlflow-ui` to browse)"
+        )
+        return result, {"trainer": trainer, "model": model, "datamodule": dm, "run_id": run_id}
+    finally:
+        if active is not None:
+            mlflow.end_run()
+            os.environ.pop(tracking.RUN_ID_ENV, None)

@@ -1,0 +1,34 @@
+"""Turn the `trainer` config into a Lightning Trainer: device, precision and memory format."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+# Our keys in the trainer group that are not Lightning Trainer arguments.
+_OWN_KEYS = {"channels_last"}
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def resolve_trainer_config(trainer_cfg: DictConfig) -> tuple[dict[str, Any], bool]:
+    """Resolve `precision: auto` and `channels_last: auto` for the hardware present.
+
+    On CUDA: bf16 mixed precision when the GPU supports it (Ampere and newer), else fp16 mixed;
+    channels-last for convolutions. On CPU: fp32, contiguous.
+    """
+    kw = {k: v for k, v in OmegaConf.to_container(trainer_cfg, resolve=True).items() if k not in _OWN_KEYS}
+    on_gpu = kw.get("accelerator") in ("gpu", "cuda") or (kw.get("accelerator") == "auto" and cuda_available())
+    if kw.get("precision") == "auto":
+        if on_gpu:
+            kw["precision"] = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        else:
+            kw["precision"] = "32-true"
+    channels_last = trainer_cfg.get("channels_last", False)
+    if channels_last == "auto":
+        channels_last = on_gpu
+    return {k: v for k, v in kw.items() if v is not None}, bool(channels_last)

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny datasets made from the bundled digits, tiny configs, a real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig, open_dict
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    """Entry points resolve conf/ and relative paths from the repository root."""
+    monkeypatch.chdir(REPO)
+
+
+def tiny_overrides(tmp: Path, data_root: Path, extra: list[str] | None = None) -> list[str]:
+    return [
+        "trainer=cpu",
+        f"paths.prepared={tmp / 'prepared'}",
+        f"paths.models={tmp / 'models'}",
+        f"paths.reports={tmp / 'reports'}",
+        f"data.root={data_root}",
+        "data.validation.min_per_class=3",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "model.net.width=8",
+        f"logger.tracking_uri=sqlite:///{tmp / 'mlflow.db'}",
+        "logger.log_system_metrics=false",
+        *(extra or []),
+    ]
+
+
+def make_cfg(tmp: Path, data_root: Path, extra: list[str] | None = None) -> DictConfig:
+    from train.config import compose
+
+    cfg = compose(tiny_overrides(tmp, data_root, extra))
+    with open_dict(cfg):
+        pass
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def digits_small(tmp_path_factory) -> Path:
+    """20 real digit scans per class (200 PNGs)."""
+    from train.raw import write_digits
+
+    root = tmp_path_factory.mktemp("digits") / "digits"
+    write_digits(root, per_class=20)
+    return root
+
+
+@pytest.fixture
+def prepared_cfg(tmp_path, digits_small) -> DictConfig:
+    """A tiny config whose prepare stage has run."""
+    from train.prepare import prepare
+
+    cfg = make_cfg(tmp_path, digits_small)
+    prepare(cfg)
+    return cfg
+
+
+def run_cli(args: list[str], cwd: Path = REPO, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def bin_path(name: str) -> str:
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.exists() else (shutil.which(name) or name)

@@ -1,0 +1,36 @@
+"""The notebook runs top to bottom against a real MLflow store and draws every run's curves."""
+
+from __future__ import annotations
+
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conftest import REPO, make_cfg
+from train.pipeline import train
+from train.prepare import prepare
+
+pytestmark = pytest.mark.integration
+
+
+def test_compare_runs_notebook(tmp_path, digits_small, monkeypatch):
+    run_names = []
+    for lr in ("0.003", "0.01"):
+        cfg = make_cfg(tmp_path, digits_small, ["trainer.max_epochs=2", f"model.optimizer.lr={lr}",
+                                                f"logger.run_name=lr{lr}"])
+        if not run_names:
+            prepare(cfg)
+        train(cfg)
+        run_names.append(f"lr{lr}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("VISIONOPS_NOTEBOOK_OUT", str(tmp_path / "nb"))
+    nb = nbformat.read(REPO / "notebooks" / "compare_runs.ipynb", as_version=4)
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    out = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "2 runs compared" in out
+    table = nb.cells[2].outputs[0]["data"]["text/plain"]
+    assert all(name in table for name in run_names)
+    assert (tmp_path / "nb" / "learning_curves.png").stat().st_size > 10_000
