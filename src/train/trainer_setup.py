@@ -28,6 +28,8 @@ def resolve_trainer_config(trainer_cfg: DictConfig) -> tuple[dict[str, Any], boo
             kw["precision"] = "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
         else:
             kw["precision"] = "32-true"
+    if kw.get("sync_batchnorm") and not on_gpu:
+        kw["sync_batchnorm"] = False  # SyncBatchNorm is CUDA-only; CPU DDP (gloo) keeps per-process stats
     channels_last = trainer_cfg.get("channels_last", False)
     if channels_last == "auto":
         channels_last = on_gpu
