@@ -22,11 +22,25 @@ from visionops.manifest import Record, read_labels, read_manifest
 from visionops.preprocess import PreprocessSpec, normalize, to_uint8
 
 
-def build_augment(transforms_cfg: Sequence[Any] | None) -> A.Compose | None:
-    """The augmentation preset (a list of albumentations `_target_` configs) as one Compose."""
+def build_augment(transforms_cfg: Sequence[Any] | None, seed: int | None = None) -> A.Compose | None:
+    """The augmentation preset (a list of albumentations `_target_` configs) as one Compose.
+
+    albumentations keeps its own RNG, untouched by global seeding: the seed is passed here, and
+    each DataLoader worker re-seeds its copy (see `_seed_worker`) so workers do not repeat each other.
+    """
     if not transforms_cfg:
         return None
-    return A.Compose([instantiate(t) for t in transforms_cfg])
+    return A.Compose([instantiate(t) for t in transforms_cfg], seed=seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    from lightning.fabric.utilities.seed import pl_worker_init_function
+
+    pl_worker_init_function(worker_id)
+    info = torch.utils.data.get_worker_info()
+    augment = getattr(info.dataset, "augment", None) if info is not None else None
+    if augment is not None:
+        augment.set_random_seed(torch.initial_seed() % 2**32)  # base seed + worker id: distinct, reproducible
 
 
 class ManifestDataset(Dataset):
@@ -89,7 +103,7 @@ class ManifestDataModule(L.LightningDataModule):
         return cls(
             prepared_dir=cfg.paths.prepared,
             spec=PreprocessSpec.from_data_config(cfg.data),
-            augment=build_augment(cfg.augment.transforms),
+            augment=build_augment(cfg.augment.transforms, seed=int(cfg.seed)),
             batch_size=int(cfg.data.batch_size),
             num_workers=int(cfg.data.num_workers),
             cache=bool(cfg.data.cache),
@@ -118,6 +132,7 @@ class ManifestDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
+            worker_init_fn=_seed_worker if self.num_workers > 0 else None,
         )
 
     def train_dataloader(self) -> DataLoader:

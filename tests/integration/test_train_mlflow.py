@@ -79,3 +79,17 @@ def test_resume_continues_the_epoch_count(trained):
     # Lightning re-validates the restored epoch (1) before training epoch 2; it never restarts at 0.
     assert 0 not in steps and steps[-1] == 2, steps
     assert client.get_run(m2["run_id"]).data.tags["resumed_from"] == str(last)
+
+
+def test_same_seed_same_model(tmp_path, digits_small):
+    """Seed + deterministic flag: two runs of one config train the same weights, augmentation
+    included (albumentations has its own RNG), with DataLoader workers too."""
+    import torch
+
+    results = []
+    for i in range(2):
+        cfg = make_cfg(tmp_path / str(i), digits_small, ["data.num_workers=2", "augment=strong"])
+        metrics, objects = train(cfg)
+        results.append((metrics["val/loss"], objects["model"].net.head[1].weight.detach().clone()))
+    assert results[0][0] == results[1][0]
+    assert torch.equal(results[0][1], results[1][1])
