@@ -76,3 +76,50 @@ def run_cli(args: list[str], cwd: Path = REPO, timeout: int = 600, env: dict | N
 def bin_path(name: str) -> str:
     exe = Path(sys.executable).parent / name
     return str(exe) if exe.exists() else (shutil.which(name) or name)
+
+
+@pytest.fixture(scope="session")
+def digits_full(tmp_path_factory) -> Path:
+    """All 1,797 real digit scans."""
+    from train.raw import write_digits
+
+    root = tmp_path_factory.mktemp("digits_full") / "digits"
+    write_digits(root)
+    return root
+
+
+def pipeline_cfg(store: Path, work: Path, data_root: Path, extra: list[str] | None = None) -> DictConfig:
+    """A config whose runs share one MLflow store and one prepared split (store/), while each
+    model's checkpoints, exports and reports live in its own folder (work/)."""
+    from train.config import compose
+
+    return compose([
+        "trainer=cpu", f"data.root={data_root}", f"paths.prepared={store / 'prepared'}",
+        f"paths.models={work / 'models'}", f"paths.reports={work / 'reports'}",
+        f"logger.tracking_uri=sqlite:///{store / 'mlflow.db'}", "logger.log_system_metrics=false",
+        "trainer.enable_progress_bar=false", "model.net.width=8", "export.latency.runs=50",
+        *(extra or []),
+    ])
+
+
+def build_version(store: Path, work: Path, data_root: Path, extra: list[str] | None = None) -> dict:
+    """prepare (once) -> train -> evaluate -> export -> register: one new registry version."""
+    from train.evaluate import evaluate
+    from train.export import export
+    from train.pipeline import train
+    from train.prepare import prepare
+    from train.register import register
+
+    cfg = pipeline_cfg(store, work, data_root, extra)
+    if not (store / "prepared" / "labels.json").exists():
+        prepare(cfg)
+    train(cfg)
+    evaluate(cfg)
+    export(cfg)
+    return register(cfg)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--model-uri", default=None,
+                     help="registered model the tests/model suite checks (default: models:/visionops-digits@champion "
+                          "in $MLFLOW_TRACKING_URI or ./mlflow.db; built in a temporary store if absent)")

@@ -50,6 +50,16 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()[:16]
 
 
+def artifact_location(uri: str, configured: str | None) -> str | None:
+    """Artifacts of a SQLite store live beside the database file (mlruns/ next to mlflow.db);
+    a server decides for itself (None)."""
+    if configured:
+        return configured
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
+    return None
+
+
 def connect(cfg: DictConfig) -> str:
     """Point MLflow at the configured store and experiment; fail with advice if unreachable."""
     import mlflow
@@ -57,6 +67,13 @@ def connect(cfg: DictConfig) -> str:
     uri = tracking_uri(cfg.logger.tracking_uri)
     mlflow.set_tracking_uri(uri)
     try:
+        from visionops.model_store import check_tracking_server
+
+        check_tracking_server(uri)
+        if mlflow.get_experiment_by_name(cfg.logger.experiment_name) is None:
+            mlflow.MlflowClient().create_experiment(
+                cfg.logger.experiment_name, artifact_location=artifact_location(uri, cfg.logger.get("artifact_location"))
+            )
         mlflow.set_experiment(cfg.logger.experiment_name)
     except Exception as exc:  # MlflowException, requests errors: all mean "cannot use this store"
         from train.errors import VisionopsError

@@ -73,8 +73,8 @@ def test_auto_trainer_selects_bf16_and_channels_last_when_cuda_present():
     with mock.patch("train.trainer_setup.cuda_available", return_value=True), \
          mock.patch("torch.cuda.is_bf16_supported", return_value=True):
         kw, channels_last = resolve_trainer_config(compose([]).trainer)
+        gpu, cl = resolve_trainer_config(compose(["trainer=gpu"]).trainer)
+        ddp, _ = resolve_trainer_config(compose(["trainer=ddp"]).trainer)
     assert kw["precision"] == "bf16-mixed" and channels_last is True
-    gpu, cl = resolve_trainer_config(compose(["trainer=gpu"]).trainer)
     assert gpu["accelerator"] == "gpu" and gpu["precision"] == "bf16-mixed" and cl is True
-    ddp, _ = resolve_trainer_config(compose(["trainer=ddp"]).trainer)
     assert ddp["strategy"] == "ddp" and ddp["sync_batchnorm"] is True

@@ -1,0 +1,210 @@
+"""The MLflow model registry: register a version, gate it against the champion, move aliases.
+
+Moving the `champion` alias is the only thing that changes what production serves. A version
+takes it only through `gate()` (or `force=true` with a recorded reason); aliases are moved last,
+after every check, so a failure never leaves anything half-promoted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from train.errors import VisionopsError
+from visionops.manifest import read_labels, read_manifest
+from visionops.model_store import LocalModel, ModelStoreError, check_tracking_server, fetch
+from visionops.preprocess import PreprocessSpec, load_and_preprocess, batch
+
+
+@dataclass
+class Evaluation:
+    version: str
+    correct: np.ndarray
+    accuracy: float
+
+
+def client_for(cfg: DictConfig):
+    import mlflow
+
+    from train.tracking import tracking_uri
+
+    uri = tracking_uri(cfg.logger.tracking_uri)
+    try:
+        check_tracking_server(uri)
+    except ModelStoreError as exc:
+        raise VisionopsError(str(exc)) from exc
+    mlflow.set_tracking_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri), uri
+
+
+def evaluate_version(local: LocalModel, prepared: Path) -> Evaluation:
+    """Accuracy of a version's serving format on the pinned test manifest, per image."""
+    labels = read_labels(prepared)
+    if list(local.bundle.labels) != labels:
+        raise VisionopsError(
+            f"version {local.version} was trained on labels {local.bundle.labels}, the test manifest has {labels}: "
+            "the versions are not comparable; promote with force=true reason=... if intended"
+        )
+    idx = {label: i for i, label in enumerate(labels)}
+    records = read_manifest(prepared / "test.csv")
+    spec: PreprocessSpec = local.bundle.preprocess
+    x = batch([load_and_preprocess(r.path, spec) for r in records])
+    try:
+        probs = local.load().predict_proba(x)
+    except ModelStoreError as exc:
+        raise VisionopsError(str(exc)) from exc
+    correct = probs.argmax(1) == np.asarray([idx[r.label] for r in records])
+    return Evaluation(local.version, correct, float(correct.mean()))
+
+
+def paired_bootstrap(new: np.ndarray, old: np.ndarray, samples: int, confidence: float, seed: int) -> dict[str, float]:
+    """Confidence interval of accuracy(new) - accuracy(old), resampling images (paired)."""
+    rng = np.random.default_rng(seed)
+    n = len(new)
+    diffs = np.empty(samples)
+    a, b = new.astype(np.float64), old.astype(np.float64)
+    for start in range(0, samples, 500):
+        idx = rng.integers(0, n, size=(min(500, samples - start), n))
+        diffs[start : start + len(idx)] = a[idx].mean(1) - b[idx].mean(1)
+    alpha = (1 - confidence) / 2
+    return {"diff": float(a.mean() - b.mean()), "ci_low": float(np.quantile(diffs, alpha)),
+            "ci_high": float(np.quantile(diffs, 1 - alpha)), "confidence": confidence, "samples": samples}
+
+
+def gate(cfg: DictConfig, challenger: LocalModel, champion: LocalModel | None) -> dict[str, Any]:
+    """Every gate's verdict for a challenger against the current champion (None: first version)."""
+    g = cfg.registry.gate
+    prepared = Path(cfg.paths.prepared)
+    new = evaluate_version(challenger, prepared)
+    checks: dict[str, dict[str, Any]] = {}
+    parity = challenger.parity.get("parity", {})
+    checks["parity"] = {"passed": bool(parity.get("passed", False)) or not g.require_parity,
+                        "top1_agreement": parity.get("top1_agreement"), "required": g.require_parity}
+    fmt = challenger.raw_bundle.get("serving_format", "onnx_fp32")
+    p50 = challenger.parity.get("formats", {}).get(fmt, {}).get("p50_ms_batch1")
+    checks["latency"] = {"passed": p50 is not None and p50 <= float(g.latency_budget_ms), "p50_ms_batch1": p50,
+                         "budget_ms": float(g.latency_budget_ms), "format": fmt}
+    verdict: dict[str, Any] = {
+        "model": challenger.name, "challenger": {"version": challenger.version, "accuracy": new.accuracy},
+        "champion": None, "primary_metric": g.primary_metric, "tolerance": float(g.tolerance), "test_images": int(len(new.correct)),
+    }
+    if champion is None:
+        checks["metric"] = {"passed": True, "reason": "no champion yet: the first version becomes champion"}
+    else:
+        old = evaluate_version(champion, prepared)
+        ci = paired_bootstrap(new.correct, old.correct, int(g.bootstrap_samples), float(g.confidence), int(g.seed))
+        verdict["champion"] = {"version": champion.version, "accuracy": old.accuracy}
+        checks["metric"] = {"passed": ci["ci_low"] >= -float(g.tolerance), **ci}
+    verdict["gates"] = checks
+    verdict["passed"] = all(c["passed"] for c in checks.values())
+    return verdict
+
+
+def model_card(verdict: dict[str, Any], local: LocalModel) -> str:
+    b, m = local.bundle, local.bundle.metrics
+    rows = "\n".join(f"| {k} | {'pass' if v['passed'] else 'FAIL'} | "
+                     + ", ".join(f"{kk}={vv:.4g}" if isinstance(vv, float) else f"{kk}={vv}" for kk, vv in v.items() if kk != "passed")
+                     + " |" for k, v in verdict["gates"].items())
+    champ = verdict.get("champion")
+    return f"""# {local.name} version {local.version}
+
+**Decision:** {verdict['decision']}{f" (reason: {verdict['reason']})" if verdict.get('reason') else ''}
+
+| | |
+|---|---|
+| architecture | {b.arch} |
+| classes | {len(b.labels)}: {', '.join(b.labels[:20])}{' ...' if len(b.labels) > 20 else ''} |
+| input | {b.preprocess.channels}x{b.preprocess.size[0]}x{b.preprocess.size[1]}, mean {list(b.preprocess.mean)}, std {list(b.preprocess.std)} |
+| embedding for monitoring | `{b.embedding_layer}`, {b.embedding_dim} dims |
+| data version | {b.data_version} |
+| git commit | {b.git_commit} |
+| test accuracy (evaluate stage) | {m.get('test/acc', float('nan')):.4f} |
+| test macro F1 / ECE | {m.get('test/f1_macro', float('nan')):.4f} / {m.get('test/ece', float('nan')):.4f} |
+| serving format | {local.raw_bundle.get('serving_format')} |
+| gate accuracy (challenger vs champion) | {verdict['challenger']['accuracy']:.4f} vs {f"{champ['accuracy']:.4f} (v{champ['version']})" if champ else 'none'} |
+
+## Gates
+
+| gate | result | details |
+|---|---|---|
+{rows}
+
+Intended use: classifying images like those of data version {b.data_version}. Production images
+are watched for drift by the monitor job; see the drift reports before trusting it on new cameras.
+"""
+
+
+def record_verdict(cfg: DictConfig, client: Any, local: LocalModel, verdict: dict[str, Any], run_id: str | None) -> Path:
+    out = Path(cfg.paths.reports) / "register"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "verdict.json").write_text(json.dumps(verdict, indent=2) + "\n")
+    card = model_card(verdict, local)
+    (out / "model_card.md").write_text(card)
+    name, version = local.name, local.version
+    client.update_model_version(name, version, description=card)
+    client.set_model_version_tag(name, version, "gate.passed", str(verdict["passed"]).lower())
+    client.set_model_version_tag(name, version, "gate.decision", verdict["decision"])
+    if run_id:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        client.log_text(run_id, json.dumps(verdict, indent=2), f"registry/v{version}/verdict-{stamp}.json")
+        client.log_text(run_id, card, f"registry/v{version}/model_card.md")
+    return out / "verdict.json"
+
+
+def current_champion(cfg: DictConfig, client: Any) -> LocalModel | None:
+    from mlflow.exceptions import MlflowException
+
+    name = cfg.registry.model_name
+    try:
+        mv = client.get_model_version_by_alias(name, cfg.registry.champion_alias)
+    except MlflowException:
+        return None
+    return fetch_version(client, name, str(mv.version))
+
+
+def fetch_version(client: Any, name: str, version: str) -> LocalModel:
+    try:
+        return fetch(f"models:/{name}/{version}", tracking_uri=client.tracking_uri)
+    except ModelStoreError as exc:
+        raise VisionopsError(str(exc)) from exc
+
+
+def decide_and_move_aliases(cfg: DictConfig, client: Any, local: LocalModel, verdict: dict[str, Any],
+                            force: bool = False, reason: str | None = None) -> dict[str, Any]:
+    """Set the aliases from the verdict. The only place that moves `champion`."""
+    r = cfg.registry
+    name, version = local.name, local.version
+    previous = verdict.get("champion") or {}
+    if force or verdict["passed"]:
+        verdict["decision"] = "promoted to champion (forced)" if force and not verdict["passed"] else "promoted to champion"
+        if force:
+            verdict["forced"] = True
+            verdict["reason"] = reason
+            client.set_model_version_tag(name, version, "promotion.forced_reason", reason)
+        if previous.get("version") and previous["version"] != version:
+            client.set_model_version_tag(name, version, "promotion.previous_champion", previous["version"])
+        client.set_registered_model_alias(name, r.champion_alias, version)
+        try:
+            if str(client.get_model_version_by_alias(name, r.challenger_alias).version) == str(version):
+                client.delete_registered_model_alias(name, r.challenger_alias)
+        except Exception:  # no challenger alias: nothing to clear
+            pass
+    else:
+        failed = [k for k, v in verdict["gates"].items() if not v["passed"]]
+        verdict["decision"] = f"kept as challenger: failed {', '.join(failed)}"
+        client.set_registered_model_alias(name, r.challenger_alias, version)
+    verdict["champion_after"] = str(client.get_model_version_by_alias(name, r.champion_alias).version)
+    return verdict
+
+
+def config_digest(cfg: DictConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()[:16]

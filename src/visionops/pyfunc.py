@@ -1,0 +1,28 @@
+"""The MLflow pyfunc flavour of a visionops model: ONNX Runtime behind `mlflow.pyfunc`.
+
+`mlflow models serve -m models:/<name>@champion` and `mlflow.pyfunc.load_model` run it without
+torch or Lightning. Input: float32 NCHW tensors after the shared preprocessing (see the bundle);
+output: class probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+
+
+class VisionopsOnnxModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: Any) -> None:
+        from visionops.onnx_runtime import OnnxModel
+
+        with open(context.artifacts["bundle"]) as fh:
+            self.bundle = json.load(fh)
+        fmt = self.bundle.get("serving_format", "onnx_fp32")
+        self.model = OnnxModel(context.artifacts[fmt])
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        x = np.asarray(model_input, dtype=np.float32)
+        return self.model.predict_proba(x)
