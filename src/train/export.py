@@ -173,10 +173,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     bundle = ModelBundle(
         labels=labels, preprocess=spec, arch=str(model.hparams["net_cfg"]["arch"]), embedding_layer="embedding",
         embedding_dim=emb_dim, data_version=data_version(prepared), git_commit=git_commit(), metrics=metrics,
+        serving_format=serving,
+        files={"onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx" if ecfg.int8.enabled else None},
     )
-    bundle_dict = bundle.to_dict() | {"serving_format": serving,
-                                      "files": {"onnx_fp32": "model.onnx", "onnx_int8": "model.int8.onnx" if ecfg.int8.enabled else None}}
-    (out / "bundle.json").write_text(json.dumps(bundle_dict, indent=2) + "\n")
+    bundle.save(out)
     reports = Path(cfg.paths.reports) / "export"
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "parity.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -13,14 +13,14 @@ from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig
 
 from train.errors import VisionopsError
 from train.registry import (client_for, config_digest, current_champion, decide_and_move_aliases, fetch_version, gate,
                             record_verdict)
 from visionops.manifest import read_manifest
-from visionops.preprocess import PreprocessSpec, batch, load_and_preprocess
+from visionops.bundle import ModelBundle
+from visionops.preprocess import batch, load_and_preprocess
 
 
 def log_and_register(cfg: DictConfig, client: Any) -> tuple[str, str]:
@@ -38,14 +38,14 @@ def log_and_register(cfg: DictConfig, client: Any) -> tuple[str, str]:
         if not needed.exists():
             raise VisionopsError(f"{needed} not found: run the train and export stages first (`dvc repro export`)")
     run_id = json.loads(run_file.read_text())["run_id"]
-    bundle = json.loads((export_dir / "bundle.json").read_text())
-    spec = PreprocessSpec.from_dict(bundle["preprocess"])
+    bundle = ModelBundle.load(export_dir)
+    spec = bundle.preprocess
     test = read_manifest(Path(cfg.paths.prepared) / "test.csv")[:2]
     example = batch([load_and_preprocess(r.path, spec) for r in test])  # batch of 2: the batch axis stays dynamic
     probs = OnnxModel(export_dir / "model.onnx").predict_proba(example)
     artifacts = {"bundle": str(export_dir / "bundle.json"), "parity": str(export_dir / "parity.json"),
                  "onnx_fp32": str(export_dir / "model.onnx")}
-    if (bundle.get("files") or {}).get("onnx_int8"):
+    if bundle.files.get("onnx_int8"):
         artifacts["onnx_int8"] = str(export_dir / "model.int8.onnx")
     reqs = [f"{p}=={pkg_version(p)}" for p in ("mlflow", "onnxruntime", "numpy", "pillow", "cloudpickle")]
     try:
@@ -58,9 +58,8 @@ def log_and_register(cfg: DictConfig, client: Any) -> tuple[str, str]:
             signature=infer_signature(example, probs), input_example=example, pip_requirements=reqs,
             code_paths=[str(Path(visionops.__file__).parent)],
         )
-    tags = {"git_commit": bundle.get("git_commit", ""), "data_version": bundle.get("data_version", ""),
-            "run_id": run_id, "config_hash": config_digest(cfg), "arch": bundle.get("arch", ""),
-            "serving_format": bundle.get("serving_format", "")}
+    tags = {"git_commit": bundle.git_commit, "data_version": bundle.data_version, "run_id": run_id,
+            "config_hash": config_digest(cfg), "arch": bundle.arch, "serving_format": bundle.serving_format}
     mv = mlflow.register_model(info.model_uri, cfg.registry.model_name, tags=tags)
     _ = run
     return str(mv.version), run_id

@@ -87,7 +87,7 @@ def gate(cfg: DictConfig, challenger: LocalModel, champion: LocalModel | None) -
     parity = challenger.parity.get("parity", {})
     checks["parity"] = {"passed": bool(parity.get("passed", False)) or not g.require_parity,
                         "top1_agreement": parity.get("top1_agreement"), "required": g.require_parity}
-    fmt = challenger.raw_bundle.get("serving_format", "onnx_fp32")
+    fmt = challenger.bundle.serving_format
     p50 = challenger.parity.get("formats", {}).get(fmt, {}).get("p50_ms_batch1")
     checks["latency"] = {"passed": p50 is not None and p50 <= float(g.latency_budget_ms), "p50_ms_batch1": p50,
                          "budget_ms": float(g.latency_budget_ms), "format": fmt}
@@ -127,7 +127,7 @@ def model_card(verdict: dict[str, Any], local: LocalModel) -> str:
 | git commit | {b.git_commit} |
 | test accuracy (evaluate stage) | {m.get('test/acc', float('nan')):.4f} |
 | test macro F1 / ECE | {m.get('test/f1_macro', float('nan')):.4f} / {m.get('test/ece', float('nan')):.4f} |
-| serving format | {local.raw_bundle.get('serving_format')} |
+| serving format | {b.serving_format} |
 | gate accuracy (challenger vs champion) | {verdict['challenger']['accuracy']:.4f} vs {f"{champ['accuracy']:.4f} (v{champ['version']})" if champ else 'none'} |
 
 ## Gates

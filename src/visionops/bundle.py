@@ -24,6 +24,8 @@ class ModelBundle:
     data_version: str = ""
     git_commit: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    serving_format: str = "onnx_fp32"                       # which file of `files` serving runs
+    files: dict[str, str | None] = field(default_factory=dict)  # format -> file name beside bundle.json
 
     @property
     def num_classes(self) -> int:
@@ -36,9 +38,9 @@ class ModelBundle:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelBundle":
-        d = dict(d)
-        d["preprocess"] = PreprocessSpec.from_dict(d["preprocess"])
-        return cls(**d)
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}  # newer bundles may add keys
+        known["preprocess"] = PreprocessSpec.from_dict(known["preprocess"])
+        return cls(**known)
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / BUNDLE_FILE

@@ -26,12 +26,11 @@ class LocalModel:
     version: str
     directory: Path
     bundle: ModelBundle
-    raw_bundle: dict[str, Any]
     parity: dict[str, Any]
 
     def onnx_path(self, fmt: str | None = None) -> Path:
-        fmt = fmt or self.raw_bundle.get("serving_format", "onnx_fp32")
-        rel = (self.raw_bundle.get("files") or {}).get(fmt)
+        fmt = fmt or self.bundle.serving_format
+        rel = self.bundle.files.get(fmt)
         if not rel:
             raise ModelStoreError(f"{self.uri} has no {fmt} file")
         return self.directory / "artifacts" / rel
@@ -121,10 +120,9 @@ def fetch(uri: str, dst: str | os.PathLike | None = None, tracking_uri: str | No
     except Exception as exc:
         raise ModelStoreError(f"could not download {name} version {version}: {exc}") from exc
     try:
-        raw = json.loads((local / "artifacts" / "bundle.json").read_text())
-        bundle = ModelBundle.from_dict({k: v for k, v in raw.items() if k in ModelBundle.__dataclass_fields__})
+        bundle = ModelBundle.load(local / "artifacts")
         parity_file = local / "artifacts" / "parity.json"
         parity = json.loads(parity_file.read_text()) if parity_file.exists() else {}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelStoreError(f"model artifact of {uri} (version {version}) is corrupt or not a visionops model: {exc}") from exc
-    return LocalModel(uri, name, version, local, bundle, raw, parity)
+    return LocalModel(uri, name, version, local, bundle, parity)

@@ -7,7 +7,6 @@ output: class probabilities.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import mlflow.pyfunc
@@ -16,12 +15,13 @@ import numpy as np
 
 class VisionopsOnnxModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
+        from pathlib import Path
+
+        from visionops.bundle import ModelBundle
         from visionops.onnx_runtime import OnnxModel
 
-        with open(context.artifacts["bundle"]) as fh:
-            self.bundle = json.load(fh)
-        fmt = self.bundle.get("serving_format", "onnx_fp32")
-        self.model = OnnxModel(context.artifacts[fmt])
+        self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]).parent)
+        self.model = OnnxModel(context.artifacts[self.bundle.serving_format])
 
     def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
         x = np.asarray(model_input, dtype=np.float32)
