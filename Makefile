@@ -15,7 +15,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .PHONY: help install demo test test-slow params repro mlflow-ui lint bench lock clean
 
 help:
-	@echo "make demo       run prepare -> train -> evaluate on the bundled digits (dvc repro)"
+	@echo "make demo       run the pipeline on the bundled digits (dvc repro): prepare -> ... -> register"
 	@echo "make test       run the test suite"
 	@echo "make mlflow-ui  browse runs at http://127.0.0.1:$(PORT)"
 	@echo "make bench      run the benchmarks under benchmarks/"
@@ -43,8 +43,9 @@ demo: repro
 	@echo ""
 	@echo "== visionops demo finished =="
 	@$(BIN)/python -c "import json; m=json.load(open('reports/evaluate/metrics.json')); print(f\"test accuracy {m['test/acc']:.4f}  macro F1 {m['test/f1_macro']:.4f}  ECE {m['test/ece']:.4f}\")"
-	@echo "Look at: reports/evaluate/confusion.png, reports/train/history.csv (dvc plots show),"
-	@echo "         dvc metrics show, and the MLflow UI: make mlflow-ui -> http://127.0.0.1:$(PORT)"
+	@$(BIN)/python -c "import json; v=json.load(open('reports/register/verdict.json')); print(f\"registry: {v['model']} v{v['challenger']['version']}: {v['decision']}; champion is v{v['champion_after']}\")"
+	@echo "Look at: reports/evaluate/confusion.png, reports/register/model_card.md, reports/export/parity.json,"
+	@echo "         dvc metrics show, dvc plots show, and the MLflow UI: make mlflow-ui -> http://127.0.0.1:$(PORT)"
 
 test: $(STAMP)
 	@$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -57,6 +58,8 @@ mlflow-ui: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/export.py
+	$(BIN)/python benchmarks/export.py model=resnet18
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -23,6 +23,7 @@ class VisionopsOnnxModel(mlflow.pyfunc.PythonModel):
         self.bundle = ModelBundle.load(Path(context.artifacts["bundle"]).parent)
         self.model = OnnxModel(context.artifacts[self.bundle.serving_format])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    # No type hints on predict: MLflow would validate inputs against them instead of the signature.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         x = np.asarray(model_input, dtype=np.float32)
         return self.model.predict_proba(x)

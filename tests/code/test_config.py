@@ -11,7 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 from train.config import compose
 from train.datamodule import build_augment
 from train.trainer_setup import resolve_trainer_config

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_cfg
+from helpers import make_cfg
 from train.errors import DataValidationError
 from train.prepare import check_disjoint, prepare
 from visionops.images import decode_image

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run_cli, tiny_overrides
+from helpers import run_cli, tiny_overrides
 
 pytestmark = pytest.mark.integration
 

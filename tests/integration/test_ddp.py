@@ -7,7 +7,7 @@ import json
 import mlflow
 import pytest
 
-from conftest import run_cli, tiny_overrides
+from helpers import run_cli, tiny_overrides
 
 pytestmark = pytest.mark.integration
 

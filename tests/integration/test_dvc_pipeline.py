@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, bin_path
+from helpers import REPO, bin_path
 
 pytestmark = pytest.mark.integration
 
@@ -36,6 +36,8 @@ def repo_copy(tmp_path_factory) -> Path:
     params["trainer"].update(max_epochs=1, limit_train_batches=4, limit_val_batches=2, enable_progress_bar=False)
     params["model"]["net"]["width"] = 8
     params["logger"]["log_system_metrics"] = False
+    params["export"]["latency"].update(runs=30, batch_runs=5)
+    params["registry"]["gate"]["latency_budget_ms"] = 1000.0
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dst / "dvc.lock").unlink(missing_ok=True)
     _git(dst, "init", "-q")
@@ -54,12 +56,14 @@ def _dvc(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProce
 def test_repro_runs_every_stage_then_does_nothing(repo_copy):
     r = _dvc(repo_copy, "repro")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for stage in ("raw", "prepare", "train", "evaluate"):
+    for stage in ("raw", "prepare", "train", "evaluate", "export", "register"):
         assert f"Running stage '{stage}'" in r.stdout
     m = json.loads((repo_copy / "reports" / "evaluate" / "metrics.json").read_text())
     assert 0.0 <= m["test/acc"] <= 1.0
     assert (repo_copy / "mlflow.db").exists(), "the default SQLite tracking store is at the repo root"
     assert (repo_copy / "dvc.lock").exists()
+    verdict = json.loads((repo_copy / "reports" / "register" / "verdict.json").read_text())
+    assert verdict["decision"] == "promoted to champion" and verdict["champion_after"] == "1"
 
     t0 = time.time()
     again = _dvc(repo_copy, "repro")

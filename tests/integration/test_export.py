@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_cfg
+from helpers import make_cfg
 from train.export import export
 from train.module import load_classifier
 from train.pipeline import train

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from conftest import make_cfg, run_cli, tiny_overrides
+from helpers import make_cfg, run_cli, tiny_overrides
 from train.prepare import prepare
 
 pytestmark = pytest.mark.integration

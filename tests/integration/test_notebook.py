@@ -7,7 +7,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import REPO, make_cfg
+from helpers import REPO, make_cfg
 from train.pipeline import train
 from train.prepare import prepare
 

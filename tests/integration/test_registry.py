@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import build_version, run_cli
+from helpers import build_version, run_cli
 
 pytestmark = pytest.mark.integration
 NAME = "visionops-digits"

@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import make_cfg
+from helpers import make_cfg
 from train.evaluate import evaluate
 from train.pipeline import train
 from train.prepare import prepare
