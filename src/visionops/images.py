@@ -82,6 +82,16 @@ def decode_image(
     Raises ImageDecodeError with a message a client can act on for empty, oversize, truncated,
     non-image and decompression-bomb inputs.
     """
+    return decode_with_info(source, channels, max_bytes, max_pixels)[0]
+
+
+def decode_with_info(
+    source: ImageSource,
+    channels: int = 3,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[Image.Image, dict[str, object]]:
+    """`decode_image`, plus what the original was: format, mode, channel count, byte size."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         try:
@@ -114,6 +124,7 @@ def decode_image(
             if fmt not in ALLOWED_FORMATS:
                 raise ImageDecodeError(f"unsupported image format {fmt!r}")
             img.load()
+            original_mode = img.mode
             img = ImageOps.exif_transpose(img) or img
     except ImageDecodeError:
         raise
@@ -127,7 +138,9 @@ def decode_image(
         ) from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"image is corrupt or truncated: {exc}") from exc
-    return normalize_mode(img, channels)
+    info = {"format": fmt, "mode": original_mode, "channels": Image.getmodebands(original_mode) if original_mode != "P" else 3,
+            "bytes": len(data)}
+    return normalize_mode(img, channels), info
 
 
 def is_image_file(path: Path) -> bool:

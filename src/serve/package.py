@@ -1,0 +1,85 @@
+"""The `bento` stage: package the champion model as BentoML bentos, a GPU and a CPU variant.
+
+    python -m serve.package [model=models:/visionops-digits@champion] [targets=gpu,cpu] [out=models/bento]
+
+For each target: the registered version's files become a BentoML model, `bentoml build` builds
+the service with it inside (the GPU variant on a CUDA base image with ONNX Runtime's CUDA
+provider and `resources={"gpu": 1}`), the bento is exported to <out>/visionops-<target>.bento
+and its generated Dockerfile copied beside it. `bentoml containerize` (needs a docker engine)
+turns a bento into an image; see the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from visionops.model_store import ModelStoreError, fetch
+
+SRC = Path(__file__).resolve().parents[1]  # the src/ folder: the bento's build context
+
+
+def import_model(uri: str, tracking_uri: str | None) -> str:
+    """The registered version as a BentoML model (name:version); returns its tag."""
+    import bentoml
+
+    local = fetch(uri, tracking_uri=tracking_uri)
+    tag = f"{local.name}:v{local.version}"
+    try:
+        bentoml.models.get(tag).path  # already imported
+        return tag
+    except bentoml.exceptions.NotFound:
+        pass
+    with bentoml.models.create(tag, labels={"model_version": local.version, "source": uri},
+                               metadata={"registered_model": local.name, "version": local.version,
+                                         "data_version": local.bundle.data_version}) as m:
+        shutil.copytree(local.directory / "artifacts", Path(m.path) / "artifacts")
+        (Path(m.path) / "VERSION").write_text(local.version)
+        (Path(m.path) / "NAME").write_text(local.name)
+    return tag
+
+
+def build(target: str, model_tag: str, out: Path) -> dict[str, str]:
+    env = {**os.environ, "VISIONOPS_TARGET": target, "VISIONOPS_BENTO_MODEL": model_tag,
+           "BENTOML_DO_NOT_TRACK": "True"}
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    r = subprocess.run([bentoml, "build", str(SRC), "--output", "tag", "--version", f"{model_tag.split(':')[1]}-{target}"],
+                       env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"error: bentoml build failed for the {target} variant:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
+    tag = r.stdout.strip().splitlines()[-1].replace("__tag__:", "").strip()
+    import bentoml as bml
+
+    bento = bml.bentos.get(tag)
+    out.mkdir(parents=True, exist_ok=True)
+    archive = out / f"visionops-{target}.bento"
+    archive.unlink(missing_ok=True)
+    bml.bentos.export_bento(tag, str(archive))
+    dockerfile = Path(bento.path) / "env" / "docker" / "Dockerfile"
+    shutil.copy(dockerfile, out / f"Dockerfile.{target}")
+    return {"tag": tag, "archive": str(archive), "dockerfile": str(out / f"Dockerfile.{target}"), "path": bento.path}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
+    uri = args.get("model", os.environ.get("VISIONOPS_MODEL_URI", "models:/visionops-digits@champion"))
+    out = Path(args.get("out", "models/bento"))
+    targets = [t for t in args.get("targets", "gpu,cpu").split(",") if t]
+    try:
+        model_tag = import_model(uri, os.environ.get("MLFLOW_TRACKING_URI"))
+    except ModelStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    built = {t: build(t, model_tag, out) for t in targets}
+    (out / "bentos.json").write_text(json.dumps({"model": model_tag, "source": uri, "bentos": built}, indent=2) + "\n")
+    for t, b in built.items():
+        print(f"Built bento {b['tag']} ({t}); exported to {b['archive']}; Dockerfile: {b['dockerfile']}")
+    print(f"Serve one: bentoml serve {built[targets[0]]['tag']}   Containerize: bentoml containerize {built[targets[0]]['tag']}")
+
+
+if __name__ == "__main__":
+    main()

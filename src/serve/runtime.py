@@ -1,0 +1,111 @@
+"""The model behind the service: load, warm up, preprocess, predict, log. No BentoML here, so
+it is tested in-process and reused by the batch CLI and the benchmarks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serve.settings import Settings
+from visionops.bundle import ModelBundle
+from visionops.imagestats import image_stats
+from visionops.images import ImageDecodeError, decode_with_info
+from visionops.model_store import LocalModel, fetch
+from visionops.onnx_runtime import OnnxModel, available_providers, softmax
+from visionops.prediction_log import PredictionLog, now_iso
+from visionops.preprocess import normalize, to_uint8
+
+log = logging.getLogger("visionops.serve")
+
+
+class ModelRuntime:
+    def __init__(self, model_dir: Path, name: str, version: str, settings: Settings):
+        self.settings = settings
+        self.bundle = ModelBundle.load(model_dir / "artifacts")
+        self.name, self.version = name, version
+        self.spec = self.bundle.preprocess
+        workers = max(1, settings.workers)
+        threads = settings.threads or max(1, (os.cpu_count() or 1) // workers)
+        rel = self.bundle.files.get(self.bundle.serving_format) or "model.onnx"
+        providers = available_providers()
+        if "CUDAExecutionProvider" in providers and self.bundle.files.get("onnx_fp32"):
+            rel = self.bundle.files["onnx_fp32"]  # int8 QDQ graphs are a CPU optimisation; fp32 on the GPU
+        self.model = OnnxModel(model_dir / "artifacts" / rel, threads=threads, providers=providers)
+        self.device = "cuda" if self.model.session.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+        self.prediction_log = PredictionLog(settings.log_dir) if settings.log_dir else None
+        self.images_dir = Path(settings.log_dir) / "images" if settings.log_dir and settings.keep_images > 0 else None
+        self.warm_up()
+
+    @classmethod
+    def load(cls, settings: Settings | None = None, model_dir: Path | None = None) -> "ModelRuntime":
+        """From a packaged model directory (inside a bento) when given, else from the MLflow registry."""
+        settings = settings or Settings()
+        if model_dir is not None:
+            version = (model_dir / "VERSION").read_text().strip()
+            return cls(model_dir, (model_dir / "NAME").read_text().strip(), version, settings)
+        local: LocalModel = fetch(settings.model_uri, tracking_uri=settings.tracking_uri)
+        return cls(local.directory, local.name, local.version, settings)
+
+    def warm_up(self) -> None:
+        h, w = self.spec.size
+        for n in (1, min(8, self.settings.max_batch_size)):
+            self.model.run(np.zeros((n, self.spec.channels, h, w), np.float32))
+
+    def prepare(self, data: bytes | str | os.PathLike) -> tuple[np.ndarray, dict[str, float]]:
+        """Decode + preprocess one upload: (1,C,H,W) input and its image statistics.
+        Raises ImageDecodeError with a client-facing message."""
+        img, info = decode_with_info(data, channels=self.spec.channels, max_bytes=self.settings.max_bytes,
+                                     max_pixels=self.settings.max_pixels)
+        stats = image_stats(img, original_channels=int(info["channels"]))
+        return normalize(to_uint8(img, self.spec), self.spec)[None], stats
+
+    def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.run(x)
+
+    def predictions(self, logits: np.ndarray) -> tuple[list[dict[str, Any]], np.ndarray]:
+        probs = softmax(logits)
+        k = min(self.settings.top_k, probs.shape[1])
+        top = np.argsort(-probs, axis=1)[:, :k]
+        out = []
+        for p, idx in zip(probs, top):
+            out.append({
+                "label": self.bundle.labels[int(idx[0])], "score": float(p[idx[0]]),
+                "top_k": [{"label": self.bundle.labels[int(i)], "score": float(p[i])} for i in idx],
+                "model_version": self.version,
+            })
+        return out, probs
+
+    def record(self, request_id: str, stats: dict[str, float], embedding: np.ndarray, pred: dict[str, Any],
+               probs: np.ndarray, data: bytes | None = None, suffix: str = ".img") -> dict[str, Any]:
+        rec: dict[str, Any] = {
+            "timestamp": now_iso(), "request_id": request_id, "model_name": self.name, "model_version": self.version,
+            **stats, "embedding": [round(float(v), 6) for v in embedding],
+            "predicted_label": pred["label"], "top_score": pred["score"],
+            "probabilities": [round(float(v), 6) for v in probs], "image_path": None,
+        }
+        if self.images_dir is not None and data is not None and random.random() < self.settings.keep_images:
+            self.images_dir.mkdir(parents=True, exist_ok=True)
+            path = self.images_dir / f"{request_id}{suffix}"
+            path.write_bytes(data)
+            rec["image_path"] = str(path)
+        return rec
+
+    def metadata(self) -> dict[str, Any]:
+        b = self.bundle
+        return {"model_name": self.name, "model_version": self.version, "labels": b.labels,
+                "input": b.preprocess.to_dict(), "embedding": {"output": b.embedding_layer, "dim": b.embedding_dim},
+                "serving_format": b.serving_format, "device": self.device, "git_commit": b.git_commit,
+                "data_version": b.data_version, "metrics": b.metrics}
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+__all__ = ["ModelRuntime", "ImageDecodeError", "new_request_id"]

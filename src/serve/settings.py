@@ -1,0 +1,28 @@
+"""Serving settings: environment variables with defaults (a server is configured by its env)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_uri: str = field(default_factory=lambda: _env("VISIONOPS_MODEL_URI", "models:/visionops-digits@champion"))
+    tracking_uri: str | None = field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI"))
+    max_bytes: int = field(default_factory=lambda: int(_env("VISIONOPS_MAX_BYTES", str(10 * 1024 * 1024))))
+    max_pixels: int = field(default_factory=lambda: int(_env("VISIONOPS_MAX_PIXELS", str(25_000_000))))
+    max_batch_images: int = field(default_factory=lambda: int(_env("VISIONOPS_MAX_BATCH_IMAGES", "64")))
+    top_k: int = field(default_factory=lambda: int(_env("VISIONOPS_TOP_K", "5")))
+    api_key: str | None = field(default_factory=lambda: os.environ.get("VISIONOPS_API_KEY") or None)
+    log_dir: str | None = field(default_factory=lambda: _env("VISIONOPS_PREDICTION_LOG", "logs/predictions") or None)
+    keep_images: float = field(default_factory=lambda: float(_env("VISIONOPS_KEEP_IMAGES", "0")))
+    # Adaptive batching (BentoML's CorkDispatcher): largest batch and the latency it may add.
+    max_batch_size: int = field(default_factory=lambda: int(_env("VISIONOPS_MAX_BATCH_SIZE", "64")))
+    max_latency_ms: int = field(default_factory=lambda: int(_env("VISIONOPS_MAX_LATENCY_MS", "1000")))
+    threads: int = field(default_factory=lambda: int(_env("VISIONOPS_THREADS", "0")))
+    workers: int = field(default_factory=lambda: int(_env("VISIONOPS_WORKERS", "1")))
