@@ -6,18 +6,20 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-PORT ?= 5000
+MLFLOW_PORT ?= 5000
+PORT ?= 3000
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install demo test test-slow params repro mlflow-ui lint bench lock clean
+.PHONY: help install demo test test-slow params repro mlflow-ui serve lint bench lock clean
 
 help:
 	@echo "make demo       run the pipeline on the bundled digits (dvc repro): prepare -> ... -> register"
 	@echo "make test       run the test suite"
-	@echo "make mlflow-ui  browse runs at http://127.0.0.1:$(PORT)"
+	@echo "make serve      serve the champion model on http://127.0.0.1:$$PORT (default 3000)"
+	@echo "make mlflow-ui  browse runs at http://127.0.0.1:$(MLFLOW_PORT)"
 	@echo "make bench      run the benchmarks under benchmarks/"
 	@echo "make params     compose conf/ into params.yaml (what DVC stages read)"
 
@@ -45,7 +47,7 @@ demo: repro
 	@$(BIN)/python -c "import json; m=json.load(open('reports/evaluate/metrics.json')); print(f\"test accuracy {m['test/acc']:.4f}  macro F1 {m['test/f1_macro']:.4f}  ECE {m['test/ece']:.4f}\")"
 	@$(BIN)/python -c "import json; v=json.load(open('reports/register/verdict.json')); print(f\"registry: {v['model']} v{v['challenger']['version']}: {v['decision']}; champion is v{v['champion_after']}\")"
 	@echo "Look at: reports/evaluate/confusion.png, reports/register/model_card.md, reports/export/parity.json,"
-	@echo "         dvc metrics show, dvc plots show, and the MLflow UI: make mlflow-ui -> http://127.0.0.1:$(PORT)"
+	@echo "         dvc metrics show, dvc plots show, and the MLflow UI: make mlflow-ui -> http://127.0.0.1:$(MLFLOW_PORT)"
 
 test: $(STAMP)
 	@$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -54,12 +56,18 @@ test-slow: $(STAMP)
 	@$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 mlflow-ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+
+# The model behind the champion alias, over HTTP (BentoML). PORT picks the port.
+serve: $(STAMP)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
+	  $(BIN)/bentoml serve serve.service:Classifier --host 127.0.0.1 --port $(PORT)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/export.py model=resnet18
+	$(BIN)/python benchmarks/serve.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

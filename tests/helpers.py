@@ -54,7 +54,9 @@ def pipeline_cfg(store: Path, work: Path, data_root: Path, extra: list[str] | No
         "trainer=cpu", f"data.root={data_root}", f"paths.prepared={store / 'prepared'}",
         f"paths.models={work / 'models'}", f"paths.reports={work / 'reports'}",
         f"logger.tracking_uri=sqlite:///{store / 'mlflow.db'}", "logger.log_system_metrics=false",
-        "trainer.enable_progress_bar=false", "model.net.width=8", "export.latency.runs=50",
+        "trainer.enable_progress_bar=false", "export.latency.runs=50",
+        # a narrow small CNN keeps tests fast; torchvision backbones have no width
+        *([] if any(e.startswith("model=") for e in (extra or [])) else ["model.net.width=8"]),
         *(extra or []),
     ])
 

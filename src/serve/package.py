@@ -47,18 +47,28 @@ def build(target: str, model_tag: str, out: Path) -> dict[str, str]:
     env = {**os.environ, "VISIONOPS_TARGET": target, "VISIONOPS_BENTO_MODEL": model_tag,
            "BENTOML_DO_NOT_TRACK": "True"}
     bentoml = str(Path(sys.executable).parent / "bentoml")
-    r = subprocess.run([bentoml, "build", str(SRC), "--output", "tag", "--version", f"{model_tag.split(':')[1]}-{target}"],
-                       env=env, capture_output=True, text=True)
+    import bentoml as bml
+
+    version_tag = f"visionops:{model_tag.split(':')[1]}-{target}"
+    try:
+        bml.bentos.delete(version_tag)  # rebuilding the same champion replaces its bento
+    except bml.exceptions.NotFound:
+        pass
+    marker = SRC / "serve" / "packaged_model.json"  # tells the service inside the bento which model it carries
+    marker.write_text(json.dumps({"tag": model_tag}))
+    try:
+        r = subprocess.run([bentoml, "build", str(SRC), "--output", "tag", "--version",
+                            f"{model_tag.split(':')[1]}-{target}"], env=env, capture_output=True, text=True)
+    finally:
+        marker.unlink(missing_ok=True)
     if r.returncode != 0:
         raise SystemExit(f"error: bentoml build failed for the {target} variant:\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
     tag = r.stdout.strip().splitlines()[-1].replace("__tag__:", "").strip()
-    import bentoml as bml
-
     bento = bml.bentos.get(tag)
     out.mkdir(parents=True, exist_ok=True)
     archive = out / f"visionops-{target}.bento"
     archive.unlink(missing_ok=True)
-    bml.bentos.export_bento(tag, str(archive))
+    bml.bentos.export_bento(tag, str(archive.resolve()))  # fsspec reads a relative path as rooted at /
     dockerfile = Path(bento.path) / "env" / "docker" / "Dockerfile"
     shutil.copy(dockerfile, out / f"Dockerfile.{target}")
     return {"tag": tag, "archive": str(archive), "dockerfile": str(out / f"Dockerfile.{target}"), "path": bento.path}

@@ -27,7 +27,9 @@ from serve.settings import Settings
 SETTINGS = Settings()
 PROTECTED = ("/classify", "/classify_batch", "/embed", "/metadata")
 _TARGET = os.environ.get("VISIONOPS_TARGET", "cpu")  # gpu: CUDA base image and a GPU; set when building the bento
-_BENTO_MODEL = os.environ.get("VISIONOPS_BENTO_MODEL")  # name:version of the packaged model (in a bento)
+_PACKAGED = Path(__file__).with_name("packaged_model.json")  # written into the bento by serve.package
+_BENTO_MODEL = os.environ.get("VISIONOPS_BENTO_MODEL") or (
+    json.loads(_PACKAGED.read_text())["tag"] if _PACKAGED.exists() else None)  # name:version inside a bento
 
 
 class TopK(BaseModel):

@@ -113,6 +113,10 @@ def fetch(uri: str, dst: str | os.PathLike | None = None, tracking_uri: str | No
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     name, version = resolve(uri, tracking_uri)
+    if tracking_uri:
+        # models:/ downloads resolve through the *registry* URI, which is global state in MLflow
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
     dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-"))
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst),

@@ -47,7 +47,7 @@ def repo_copy(tmp_path_factory) -> Path:
 
 
 def _dvc(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "DVC_NO_ANALYTICS": "1",
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "DVC_NO_ANALYTICS": "1", "BENTOML_HOME": str(cwd / ".bentoml"),
            "PATH": f"{Path(bin_path('python')).parent}:{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run([bin_path("dvc"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -56,7 +56,7 @@ def _dvc(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProce
 def test_repro_runs_every_stage_then_does_nothing(repo_copy):
     r = _dvc(repo_copy, "repro")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for stage in ("raw", "prepare", "train", "evaluate", "export", "register"):
+    for stage in ("raw", "prepare", "train", "evaluate", "export", "register", "bento"):
         assert f"Running stage '{stage}'" in r.stdout
     m = json.loads((repo_copy / "reports" / "evaluate" / "metrics.json").read_text())
     assert 0.0 <= m["test/acc"] <= 1.0
@@ -64,6 +64,7 @@ def test_repro_runs_every_stage_then_does_nothing(repo_copy):
     assert (repo_copy / "dvc.lock").exists()
     verdict = json.loads((repo_copy / "reports" / "register" / "verdict.json").read_text())
     assert verdict["decision"] == "promoted to champion" and verdict["champion_after"] == "1"
+    assert (repo_copy / "models" / "bento" / "visionops-gpu.bento").exists()
 
     t0 = time.time()
     again = _dvc(repo_copy, "repro")

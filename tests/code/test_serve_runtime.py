@@ -1,0 +1,86 @@
+"""Serving runtime units: GPU selection (CUDA patched: no GPU here), image statistics, the log."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve.settings import Settings
+from train.export import export_onnx
+from train.models import build_model
+from visionops.bundle import ModelBundle
+from visionops.imagestats import STAT_COLUMNS, image_stats
+from visionops.prediction_log import PredictionLog, read_log
+from visionops.preprocess import PreprocessSpec
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("m")
+    spec = PreprocessSpec()
+    export_onnx(build_model("small_cnn", 3, width=8).eval(), spec, d / "artifacts" / "model.onnx", 18)
+    ModelBundle(labels=["a", "b", "c"], preprocess=spec, arch="small_cnn", embedding_dim=32,
+                files={"onnx_fp32": "model.onnx", "onnx_int8": None}).save(d / "artifacts")
+    (d / "VERSION").write_text("7")
+    (d / "NAME").write_text("toy")
+    return d
+
+
+def test_cpu_runtime_predicts_and_describes_itself(model_dir):
+    from serve.runtime import ModelRuntime
+
+    rt = ModelRuntime.load(Settings(log_dir=None), model_dir=model_dir)
+    x, stats = rt.prepare(_png())
+    preds, probs = rt.predictions(rt.infer(x)[0])
+    assert preds[0]["label"] in ("a", "b", "c") and probs.shape == (1, 3) and preds[0]["model_version"] == "7"
+    assert rt.device == "cpu" and rt.metadata()["model_name"] == "toy"
+
+
+def test_cuda_provider_is_chosen_when_present(model_dir):
+    # No GPU here: the provider list is patched to what onnxruntime-gpu reports on a CUDA machine.
+    from serve import runtime
+
+    with mock.patch.object(runtime, "available_providers", return_value=["CUDAExecutionProvider", "CPUExecutionProvider"]), \
+         mock.patch.object(runtime, "OnnxModel") as onnx:
+        onnx.return_value.session.get_providers.return_value = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        rt = runtime.ModelRuntime(model_dir, "toy", "7", Settings(log_dir=None))
+    path, = onnx.call_args.args
+    assert path.name == "model.onnx" and onnx.call_args.kwargs["providers"][0] == "CUDAExecutionProvider"
+    assert rt.device == "cuda"
+
+
+def _png() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 10), (200, 10, 10)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_image_stats_mean_what_they_say():
+    black, white = image_stats(Image.new("L", (40, 30), 0)), image_stats(Image.new("L", (40, 30), 255))
+    assert set(STAT_COLUMNS) <= set(black)
+    assert black["brightness"] == 0 and white["brightness"] == pytest.approx(1.0)
+    assert black["width"] == 40 and black["height"] == 30 and black["channels"] == 1
+    red = image_stats(Image.new("RGB", (8, 8), (255, 0, 0)))
+    assert red["saturation"] == pytest.approx(1.0) and red["mean_r"] == pytest.approx(1.0) and red["mean_g"] == 0
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    assert image_stats(noise)["sharpness"] > 10 * image_stats(noise.resize((8, 8)).resize((64, 64)))["sharpness"]
+
+
+def test_prediction_log_keeps_every_record_under_concurrency(tmp_path):
+    log = PredictionLog(tmp_path)
+    threads = [threading.Thread(target=lambda i=i: log.write(
+        [{"timestamp": "2026-01-01T00:00:00+00:00", "request_id": f"{i}-{j}", "x": [0.1] * 200} for j in range(25)]))
+        for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    df = read_log(tmp_path)
+    assert len(df) == 200 and df["request_id"].nunique() == 200
+    assert all(json.loads(line) for f in tmp_path.glob("*.jsonl") for line in f.read_text().splitlines())

@@ -1,0 +1,97 @@
+"""Packaging: `bentoml build` of the champion, GPU and CPU variants, checked as built (no docker
+engine here, so the generated Dockerfiles are checked rather than built), and `bentoml serve` of
+the built bento answering from the model packed inside it, with the registry out of reach."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from helpers import build_version, run_cli
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def bentos(tmp_path_factory, digits_small):
+    store = tmp_path_factory.mktemp("bento")
+    build_version(store, store / "v1", digits_small, ["trainer.max_epochs=2"])
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "BENTOML_HOME": str(store / "bentoml")}
+    r = run_cli(["-m", "serve.package", f"out={store / 'out'}"], env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return store, env, json.loads((store / "out" / "bentos.json").read_text())
+
+
+def test_gpu_variant_targets_nvidia(bentos):
+    store, _, built = bentos
+    docker = Path(built["bentos"]["gpu"]["dockerfile"]).read_text()
+    assert "FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04" in docker
+    bento = Path(built["bentos"]["gpu"]["path"])
+    reqs = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "onnxruntime-gpu==1.31.1" in reqs
+    svc = (bento / "bento.yaml").read_text()
+    assert "gpu: 1" in svc and "VISIONOPS_BENTO_MODEL" in svc
+    assert (store / "out" / "visionops-gpu.bento").stat().st_size > 10_000
+
+
+def test_cpu_variant_and_packed_model(bentos):
+    _, _, built = bentos
+    docker = Path(built["bentos"]["cpu"]["dockerfile"]).read_text()
+    assert "nvidia/cuda" not in docker and "python:3.11" in docker
+    bento = Path(built["bentos"]["cpu"]["path"])
+    assert "onnxruntime==1.31.1" in (bento / "env" / "python" / "requirements.txt").read_text()
+    import tarfile
+
+    with tarfile.open(built["bentos"]["cpu"]["archive"]) as tar:
+        names = tar.getnames()
+    assert any(n.endswith("models/visionops-digits/v1/artifacts/bundle.json") for n in names), "the model is packed"
+    assert any(n.endswith("artifacts/model.onnx") for n in names)
+    assert not [n for n in names if "/src/train/" in n], "training code stays out of the serving image"
+
+
+def test_bentoml_serve_of_the_built_bento(bentos, digits_small, tmp_path):
+    store, env, built = bentos
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # A fresh BentoML home that knows only the exported archive, and an unreachable registry:
+    # the bento must answer from the model packed inside it.
+    home = tmp_path / "fresh-bentoml"
+    run_env = {**os.environ, "BENTOML_HOME": str(home), "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+               "VISIONOPS_PREDICTION_LOG": ""}
+    imp = subprocess.run([str(Path(sys.executable).parent / "bentoml"), "import", built["bentos"]["cpu"]["archive"]],
+                         env=run_env, capture_output=True, text=True)
+    assert imp.returncode == 0, imp.stderr
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", built["bentos"]["cpu"]["tag"],
+                             "--host", "127.0.0.1", "--port", str(port)], env=run_env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            assert "Application startup failed" not in (tmp_path / "serve.log").read_text(), \
+                (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.4)
+        img = sorted(digits_small.rglob("*.png"))[0]
+        r = httpx.post(url + "/classify", files={"image": (img.name, img.read_bytes())})
+        assert r.status_code == 200 and r.json()["model_version"] == "1"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+        log.close()
