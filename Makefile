@@ -13,7 +13,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install demo test test-slow params repro mlflow-ui serve lint bench lock clean
+.PHONY: help install demo test test-slow params repro mlflow-ui serve monitor simulate evidently-ui lint bench lock clean
 
 help:
 	@echo "make demo       run the pipeline on the bundled digits (dvc repro): prepare -> ... -> register"
@@ -42,6 +42,7 @@ repro: params
 	@$(BIN)/dvc repro
 
 demo: repro
+	@$(BIN)/python -m monitor.demo
 	@echo ""
 	@echo "== visionops demo finished =="
 	@$(BIN)/python -c "import json; m=json.load(open('reports/evaluate/metrics.json')); print(f\"test accuracy {m['test/acc']:.4f}  macro F1 {m['test/f1_macro']:.4f}  ECE {m['test/ece']:.4f}\")"
@@ -63,11 +64,24 @@ serve: $(STAMP)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
 	  $(BIN)/bentoml serve serve.service:Classifier --host 127.0.0.1 --port $(PORT)
 
+# The drift job on the last 24 h of the production log (schedule it: see the README's cron line).
+monitor: $(STAMP)
+	$(BIN)/python -m monitor --params params.yaml monitor.last=$${LAST:-24h} monitor.since=null monitor.until=null
+
+# Send 200 test images to a running service (make serve): CORRUPTION=blur SEVERITY=3 make simulate
+simulate: $(STAMP)
+	$(BIN)/python -m monitor.simulate url=http://127.0.0.1:$(PORT) input=data/raw/digits n=200 \
+	  corruption=$${CORRUPTION:-none} severity=$${SEVERITY:-3}
+
+evidently-ui: $(STAMP)
+	$(BIN)/evidently ui --workspace monitoring/workspace --host 127.0.0.1 --port $${EVIDENTLY_PORT:-8000}
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/export.py model=resnet18
 	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/drift.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

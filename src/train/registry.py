@@ -41,7 +41,7 @@ def client_for(cfg: DictConfig):
     except ModelStoreError as exc:
         raise VisionopsError(str(exc)) from exc
     mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri), uri
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 
 
 def evaluate_version(local: LocalModel, prepared: Path) -> Evaluation:

@@ -85,7 +85,7 @@ def resolve(uri: str, tracking_uri: str | None = None) -> tuple[str, str]:
 
     tracking_uri = tracking_uri or mlflow.get_tracking_uri()
     check_tracking_server(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     name, alias, version = parse_uri(uri)
     try:
         client.get_registered_model(name)
@@ -113,14 +113,14 @@ def fetch(uri: str, dst: str | os.PathLike | None = None, tracking_uri: str | No
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     name, version = resolve(uri, tracking_uri)
-    if tracking_uri:
-        # models:/ downloads resolve through the *registry* URI, which is global state in MLflow
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
     dst = Path(dst) if dst else Path(tempfile.mkdtemp(prefix=f"{name}-v{version}-"))
+    # Download from the version's own artifact location through a client bound to this store:
+    # a models:/ URI would resolve through MLflow's global registry URI instead.
+    tracking_uri = tracking_uri or mlflow.get_tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst),
-                                                         tracking_uri=tracking_uri))
+        source = client.get_model_version_download_uri(name, version)
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=tracking_uri))
     except Exception as exc:
         raise ModelStoreError(f"could not download {name} version {version}: {exc}") from exc
     try:

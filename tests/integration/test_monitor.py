@@ -1,0 +1,347 @@
+"""The drift monitor for real: one champion registered in a temporary MLflow store, its reference
+built by the reference stage, production windows made by the serving runtime over clean and
+corrupted test images (written with the service's PredictionLog), the job's verdicts, and the
+email delivered to a real SMTP server (aiosmtpd), refused by a closed port, or left in an outbox."""
+
+from __future__ import annotations
+
+import email
+import json
+import socket
+import threading
+from datetime import UTC, datetime, timedelta
+from email import policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from helpers import REPO, build_version, pipeline_cfg, run_cli
+
+pytestmark = pytest.mark.integration
+CHAMPION = "models:/visionops-digits@champion"
+START = datetime(2026, 1, 1, tzinfo=UTC)
+WINDOW = ["monitor.since=2026-01-01T00:00:00Z", "monitor.until=2026-01-01T01:00:00Z"]
+WINDOW_NAME = "20260101T000000Z_20260101T010000Z"
+
+
+def _monitor_group() -> list[str]:
+    """`+monitor=default` until conf/config.yaml lists the group in its defaults."""
+    defaults = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "config.yaml")).get("defaults", [])
+    return [] if any(isinstance(d, dict) and "monitor" in d for d in defaults) else ["+monitor=default"]
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory, digits_full) -> dict:
+    root = tmp_path_factory.mktemp("monitor")
+    store, work = root / "store", root / "work"
+    build_version(store, work, digits_full, ["trainer.max_epochs=4", "model.net.width=16"])
+    return {"root": root, "store": store, "work": work, "data": digits_full}
+
+
+def _cfg(champion: dict, tmp: Path, extra: list[str] = ()):
+    c = champion
+    return pipeline_cfg(c["store"], c["work"], c["data"], [
+        "model.net.width=16", *_monitor_group(),
+        f"monitor.reference_dir={c['store'] / 'reference'}", f"monitor.reports_dir={tmp / 'reports'}",
+        f"monitor.workspace={tmp / 'workspace'}", f"monitor.keep_drifted_to={tmp / 'incoming'}",
+        f"monitor.email.outbox={tmp / 'outbox'}", "monitor.calibration_splits=2000", *extra])
+
+
+@pytest.fixture(scope="module")
+def reference(champion) -> dict:
+    from monitor.reference import build_reference
+
+    return build_reference(_cfg(champion, champion["root"]))
+
+
+@pytest.fixture(scope="module")
+def runtime(champion):
+    from serve.runtime import ModelRuntime
+    from serve.settings import Settings
+
+    return ModelRuntime.load(Settings(model_uri=CHAMPION, tracking_uri=f"sqlite:///{champion['store'] / 'mlflow.db'}",
+                                      log_dir=None))
+
+
+@pytest.fixture(scope="module")
+def test_images(champion) -> list[bytes]:
+    """200 test-split images (never seen in training nor in the reference), in a seeded order."""
+    from visionops.manifest import read_manifest
+
+    recs = read_manifest(champion["store"] / "prepared" / "test.csv")
+    order = np.random.default_rng(0).permutation(len(recs))[:200]
+    return [Path(recs[i].path).read_bytes() for i in order]
+
+
+def _write_window(rt, log_dir: Path, images: list[bytes], corruption: str = "none", severity: int = 5,
+                  keep_every: int = 4, version: str | None = None) -> Path:
+    """Serve `images` in-process exactly like the service does and log them inside the window."""
+    from monitor.corruptions import corrupt_bytes
+    from visionops.prediction_log import PredictionLog
+
+    log = PredictionLog(log_dir)
+    records = []
+    for i, raw in enumerate(images):
+        data = corrupt_bytes(raw, corruption, severity, seed=i)
+        x, stats = rt.prepare(data)
+        logits, emb = rt.infer(x)
+        preds, probs = rt.predictions(logits)
+        rec = rt.record(f"req-{i:05d}", stats, emb[0], preds[0], probs[0])
+        rec["timestamp"] = (START + timedelta(seconds=5 * i)).isoformat()
+        if version is not None:
+            rec["model_version"] = version
+        if keep_every and i % keep_every == 0:
+            path = log_dir / "images" / f"req-{i:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            rec["image_path"] = str(path)
+        records.append(rec)
+    # one record outside the window, which the job must ignore
+    records.append({**records[0], "request_id": "late", "timestamp": (START + timedelta(hours=2)).isoformat()})
+    log.write(records)
+    log.close()
+    return log_dir
+
+
+@pytest.fixture(scope="module")
+def clean_log(runtime, test_images, tmp_path_factory) -> Path:
+    return _write_window(runtime, tmp_path_factory.mktemp("log_clean"), test_images)
+
+
+@pytest.fixture(scope="module")
+def noisy_log(runtime, test_images, tmp_path_factory) -> Path:
+    return _write_window(runtime, tmp_path_factory.mktemp("log_noise"), test_images, "gaussian_noise", 5)
+
+
+def _params(cfg, path: Path) -> Path:
+    OmegaConf.save(cfg, path, resolve=True)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_reference_is_what_serving_computes_and_thresholds_are_calibrated(reference, champion, runtime):
+    from visionops.imagestats import STAT_COLUMNS
+    from visionops.manifest import read_manifest
+
+    ref_dir = champion["store"] / "reference"
+    table = pd.read_parquet(ref_dir / "reference.parquet")
+    val = read_manifest(champion["store"] / "prepared" / "val.csv")
+    assert len(table) == len(val) and {*STAT_COLUMNS, "embedding", "predicted_label", "top_score"} <= set(table.columns)
+    # one image through the serving runtime by hand: the reference row holds the same features
+    i = 7
+    x, stats = runtime.prepare(Path(val[i].path).read_bytes())
+    logits, emb = runtime.infer(x)
+    preds, _ = runtime.predictions(logits)
+    row = table.iloc[i]
+    assert all(row[c] == pytest.approx(stats[c]) for c in STAT_COLUMNS)
+    np.testing.assert_allclose(np.asarray(row["embedding"]), emb[0], atol=1e-5)
+    assert row["predicted_label"] == preds[0]["label"] and row["top_score"] == pytest.approx(preds[0]["score"])
+
+    cal = json.loads((ref_dir / "calibration.json").read_text())
+    assert cal == reference and cal["model_version"] == "1" and cal["window_size"] == 200
+    assert set(cal["signals"]) == {"image_stats", "embedding", "predicted_class", "confidence"}
+    assert all(v["threshold"] > v["null_median"] for v in cal["signals"].values())
+    # the thresholds give about the configured false-alarm rate on fresh no-drift splits
+    assert cal["check_false_alarm_rate"] <= 0.10
+
+
+def test_clean_window_raises_no_alarm(champion, reference, clean_log, tmp_path):
+    from monitor.__main__ import run_job
+
+    res = run_job(_cfg(champion, tmp_path, [f"monitor.log_dir={clean_log}", *WINDOW, "monitor.html_report=false",
+                                            "monitor.email.on=drift"]))
+    assert res["verdict"] == "no drift" and res["drift_detected"] is False, res["signals"]
+    assert not any(v["drifted"] for v in res["signals"].values())
+    assert res["records"]["in_window"] == 200 and res["records"]["used"] == 200  # the late record is outside
+    assert json.loads((tmp_path / "reports" / WINDOW_NAME / "drift.json").read_text()) == res
+    assert not (tmp_path / "outbox").exists() and not (tmp_path / "incoming").exists()
+
+
+@pytest.mark.parametrize("corruption", ["gaussian_noise", "brightness"])
+def test_strong_corruption_is_detected_deterministically(champion, reference, runtime, test_images, noisy_log,
+                                                         corruption, tmp_path):
+    from monitor.__main__ import run_job
+
+    log_dir = noisy_log if corruption == "gaussian_noise" else \
+        _write_window(runtime, tmp_path / "log", test_images, corruption, 5)
+    cfg = _cfg(champion, tmp_path, [f"monitor.log_dir={log_dir}", *WINDOW, "monitor.html_report=false"])
+    res = run_job(cfg)
+    assert res["drift_detected"] is True and res["verdict"] == "drift detected"
+    assert sum(v["drifted"] for v in res["signals"].values()) >= 3, res["signals"]
+    assert res["signals"]["embedding"]["drifted"] and res["signals"]["image_stats"]["drifted"]
+    # the kept images (every 4th) are ready for labelling, sorted by predicted class
+    copied = sorted((tmp_path / "incoming" / WINDOW_NAME).rglob("*.png"))
+    assert len(copied) == 50 and res["incoming"] == str(tmp_path / "incoming" / WINDOW_NAME)
+    assert "dvc exp run" in res["next_step"] and f"retrain-{WINDOW_NAME}" in res["next_step"]
+    # no SMTP server configured: the email is an .eml in the outbox
+    eml, = (tmp_path / "outbox").glob("*.eml")
+    msg = email.message_from_bytes(eml.read_bytes(), policy=policy.default)
+    assert "DRIFT DETECTED" in msg["Subject"] and "v1" in msg["Subject"]
+    # the same window again: the same drift.json, byte for byte
+    first = (tmp_path / "reports" / WINDOW_NAME / "drift.json").read_bytes()
+    run_job(cfg)
+    assert (tmp_path / "reports" / WINDOW_NAME / "drift.json").read_bytes() == first
+
+
+def test_too_few_records_is_insufficient_data_and_exits_0(champion, reference, runtime, test_images, tmp_path):
+    log_dir = _write_window(runtime, tmp_path / "log", test_images[:10])
+    params = _params(_cfg(champion, tmp_path, [f"monitor.log_dir={log_dir}", "monitor.email.on=drift"]),
+                     tmp_path / "params.yaml")
+    r = run_cli(["-m", "monitor", "--params", str(params), *WINDOW])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "insufficient data" in r.stdout
+    res = json.loads((tmp_path / "reports" / WINDOW_NAME / "drift.json").read_text())
+    assert res["verdict"] == "insufficient data" and res["drift_detected"] is False and res["records"]["used"] == 10
+    assert not (tmp_path / "reports" / WINDOW_NAME / "report.html").exists()
+
+
+def test_log_of_another_model_version_fails_clearly(champion, reference, runtime, test_images, tmp_path):
+    from monitor.__main__ import run_job
+    from monitor.drift import MonitorError
+
+    log_dir = _write_window(runtime, tmp_path / "log", test_images[:60], version="2")
+    with pytest.raises(MonitorError, match=r"calibrated for visionops-digits v1.*monitor.reference"):
+        run_job(_cfg(champion, tmp_path, [f"monitor.log_dir={log_dir}", *WINDOW, "monitor.html_report=false"]))
+
+
+def test_drift_email_arrives_with_table_and_the_report_attached(champion, reference, noisy_log, tmp_path):
+    from aiosmtpd.controller import Controller
+
+    from monitor.__main__ import run_job
+
+    class Inbox:
+        def __init__(self):
+            self.messages: list[tuple[list[str], bytes]] = []
+
+        async def handle_DATA(self, server, session, envelope):
+            self.messages.append((list(envelope.rcpt_tos), envelope.content))
+            return "250 OK"
+
+    inbox = Inbox()
+    port = _free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        res = run_job(_cfg(champion, tmp_path, [
+            f"monitor.log_dir={noisy_log}", *WINDOW, "monitor.email.smtp_host=127.0.0.1", f"monitor.email.smtp_port={port}",
+            "monitor.email.to=[ops@example.com]", "monitor.email.attach_max_bytes=50000000"]))
+    finally:
+        controller.stop()
+    assert res["drift_detected"]
+    (rcpt, raw), = inbox.messages
+    assert rcpt == ["ops@example.com"]
+    msg = email.message_from_bytes(raw, policy=policy.default)
+    assert "v1" in msg["Subject"] and "DRIFT DETECTED" in msg["Subject"]
+    body = msg.get_body(("html",)).get_content()
+    assert "<table" in body and "image statistics" in body and "drift" in body and "dvc exp run" in body
+    inline = [p for p in msg.walk() if p.get_content_type() == "image/png"]
+    assert len(inline) >= 2  # the plot and thumbnails of kept images
+    assert all(f"cid:{p['Content-ID'].strip('<>')}" in body for p in inline)
+    attachment, = [p for p in msg.iter_attachments() if p.get_filename() == "report.html"]
+    report = Path(res["report"])
+    assert report == tmp_path / "reports" / WINDOW_NAME / "report.html"
+    assert attachment.get_payload(decode=True) == report.read_bytes()
+    html = report.read_bytes()
+    assert all(s in html for s in (b"Drift in embeddings", b"img_emb", b"predicted_label", b"tiny_image"))
+    # the run is in the Evidently workspace
+    assert list((tmp_path / "workspace").rglob("snapshots/*.json"))
+
+
+def test_unreachable_mail_server_retries_then_fails_with_the_report_saved(champion, reference, noisy_log, tmp_path):
+    port = _free_port()  # nothing listens there
+    params = _params(_cfg(champion, tmp_path, [f"monitor.log_dir={noisy_log}", "monitor.workspace=null"]),
+                     tmp_path / "params.yaml")
+    r = run_cli(["-m", "monitor", "--params", str(params), *WINDOW, "monitor.email.smtp_host=127.0.0.1",
+                 f"monitor.email.smtp_port={port}", "monitor.email.to=[ops@example.com]", "monitor.email.retries=2",
+                 "monitor.email.backoff_s=0.05", "monitor.email.timeout_s=2"],
+                env={"VISIONOPS_SMTP_PASSWORD": "not-used"})
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"127.0.0.1:{port} after 3 attempts" in errors[0], r.stderr[-2000:]
+    assert r.stderr.count("retrying in") == 2
+    out = tmp_path / "reports" / WINDOW_NAME
+    assert (out / "report.html").stat().st_size > 100_000 and str(out / "report.html") in errors[0]
+    assert json.loads((out / "drift.json").read_text())["drift_detected"] is True
+
+
+def test_oversized_report_is_not_attached(tmp_path):
+    from monitor.emailer import compose
+
+    report = tmp_path / "report.html"
+    report.write_bytes(b"<html>" + b"x" * 2000 + b"</html>")
+    result = {"verdict": "drift detected", "model": {"name": "m", "version": "3"},
+              "window": {"since": "a", "until": "b"}, "records": {"used": 60, "in_window": 60, "reference": 100},
+              "signals": None}
+    msg = compose(result, "from@x", ["to@x"], report, attach_max_bytes=1000)
+    assert not list(msg.iter_attachments())
+    assert str(report.resolve()) in msg.get_body(("html",)).get_content()
+    assert "m v3" in msg["Subject"]
+
+
+def test_corruptions_are_deterministic_and_keep_the_image_kind():
+    from PIL import Image
+
+    from monitor.corruptions import CORRUPTIONS, corrupt
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (8, 8), dtype=np.uint8))
+    for name in CORRUPTIONS:
+        for severity in (1, 5):
+            a, b = corrupt(img, name, severity, seed=3), corrupt(img, name, severity, seed=3)
+            assert a.size == img.size and a.mode == img.mode and np.array_equal(np.asarray(a), np.asarray(b)), name
+            if name != "none":
+                assert not np.array_equal(np.asarray(a), np.asarray(img)), name
+    assert not np.array_equal(np.asarray(corrupt(img, "gaussian_noise", 3, seed=1)),
+                              np.asarray(corrupt(img, "gaussian_noise", 3, seed=2)))
+
+
+def test_simulator_sends_corrupted_pngs_and_counts_statuses(digits_small, tmp_path):
+    from monitor import simulate
+
+    received: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(body)
+            ok = self.path == "/classify" and b'name="image"' in body and b"\x89PNG" in body
+            self.send_response(200 if ok else 400)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        code = simulate.main([f"url=http://127.0.0.1:{server.server_address[1]}", f"input={digits_small}", "n=12",
+                              "rate=200", "corruption=blur", "severity=2", "seed=0", "concurrency=3"])
+    finally:
+        server.shutdown()
+    assert code == 0 and len(received) == 12
+    assert simulate.main(["url=http://127.0.0.1:1", f"input={digits_small}", "corruption=fog"]) == 2
+
+
+def test_window_is_named_from_since_and_until():
+    from monitor.__main__ import resolve_window
+    from monitor.drift import MonitorError
+
+    m = OmegaConf.create({"since": "2026-01-01T00:00:00Z", "until": "2026-01-02T00:00:00", "last": "24h"})
+    since, until, name = resolve_window(m)
+    assert name == "20260101T000000Z_20260102T000000Z" and until - since == timedelta(days=1)
+    now = datetime(2026, 3, 1, 12, 30, 45, tzinfo=UTC)
+    since, until, name = resolve_window(OmegaConf.create({"since": None, "until": None, "last": "90m"}), now=now)
+    assert (since, until) == (datetime(2026, 3, 1, 11, 0, tzinfo=UTC), datetime(2026, 3, 1, 12, 30, tzinfo=UTC))
+    with pytest.raises(MonitorError, match="not a period"):
+        resolve_window(OmegaConf.create({"since": None, "until": None, "last": "yesterday"}))
