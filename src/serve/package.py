@@ -20,7 +20,10 @@ from pathlib import Path
 
 from visionops.model_store import ModelStoreError, fetch
 
-SRC = Path(__file__).resolve().parents[1]  # the src/ folder: the bento's build context
+def build_context() -> Path:
+    """The src/ folder of the repository we run in (the bento's build context), else our own."""
+    here = Path.cwd() / "src"
+    return here if (here / "bentofile.yaml").exists() else Path(__file__).resolve().parents[1]
 
 
 def import_model(uri: str, tracking_uri: str | None) -> str:
@@ -54,11 +57,12 @@ def build(target: str, model_tag: str, out: Path) -> dict[str, str]:
         bml.bentos.delete(version_tag)  # rebuilding the same champion replaces its bento
     except bml.exceptions.NotFound:
         pass
-    marker = SRC / "serve" / "packaged_model.json"  # tells the service inside the bento which model it carries
+    src = build_context()
+    marker = src / "serve" / "packaged_model.json"  # tells the service inside the bento which model it carries
     marker.write_text(json.dumps({"tag": model_tag}))
     try:
-        r = subprocess.run([bentoml, "build", str(SRC), "--output", "tag", "--version",
-                            f"{model_tag.split(':')[1]}-{target}"], env=env, capture_output=True, text=True)
+        r = subprocess.run([bentoml, "build", ".", "--output", "tag", "--version", f"{model_tag.split(':')[1]}-{target}"],
+                           env=env, capture_output=True, text=True, cwd=src)
     finally:
         marker.unlink(missing_ok=True)
     if r.returncode != 0:
