@@ -1,7 +1,7 @@
 """Drift monitor: detection power and false-alarm rate over many windows, and the job's cost.
 
-(a) Clean windows (test-split images, which the champion never trained on, sampled with
-replacement) and corrupted ones (every `monitor.corruptions` type at severities 1-5) of 200 and
+(a) Clean windows (test-split images, which the champion never trained on: distinct images when
+the window fits in the 270-image pool, resampled with replacement for bigger windows) and corrupted ones (every `monitor.corruptions` type at severities 1-5) of 200 and
 1000 records, scored with the monitor's own `Scorer` + `verdict` against thresholds calibrated
 for each window size with the monitor's own `calibrate_table`. (b) Wall time and peak RSS of the
 real job (`monitor.__main__.run_job`, one subprocess each) on production logs of 1k, 10k, 100k records.
@@ -85,8 +85,11 @@ def pool(seed: int):
 
 
 def window(groups, key, n_img: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A window of `size` uploads: distinct images, as real traffic is, while the pool has enough;
+    resampled (with replacement) only for windows larger than the pool of unseen images."""
     per_image = groups[key]
-    return np.asarray([per_image[i][rng.integers(len(per_image[i]))] for i in rng.integers(0, n_img, size)])
+    images = rng.permutation(n_img)[:size] if size <= n_img else rng.integers(0, n_img, size)
+    return np.asarray([per_image[i][rng.integers(len(per_image[i]))] for i in images])
 
 
 def detection(feats, groups, n_img: int, sizes: list[int], windows: int, clean_windows: int, seed: int):

@@ -225,7 +225,7 @@ def run_job(cfg: Any) -> dict[str, Any]:
                   f"`evidently ui --workspace {m.workspace}`)")
         except Exception as exc:  # noqa: BLE001 - the workspace is a convenience; the report is saved
             print(f"warning: could not add the run to the Evidently workspace {m.workspace}: {exc}", file=sys.stderr)
-    result["email"] = _email(cfg, result, thumbs)  # what happened to the email (not in drift.json)
+    _email(cfg, result, thumbs)
     return result
 
 

@@ -105,8 +105,9 @@ def main() -> None:
     print("\n== monitoring verdicts ==")
     print(f"clean window:     {clean['verdict']}" + ("  (as it should be: no alarm)" if not clean.get("drift_detected") else "  (a false alarm)"))
     print(f"corrupted window: {bad['verdict']}" + ("  (the corruption was caught)" if bad.get("drift_detected") else "  (missed)"))
-    if bad.get("email"):
-        print(f"drift email: {bad['email']}")
+    emails = sorted(Path(cfg.monitor.email.outbox).glob(f"{bad['window']['name']}*.eml"))
+    if emails:
+        print(f"drift email: {emails[-1]} (no SMTP server configured: set monitor.email.smtp_host to send it)")
 
 
 if __name__ == "__main__":
