@@ -62,7 +62,7 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 def main(argv: list[str] | None = None) -> None:
     from hydra.errors import HydraException
 
-    from train.config import _user_error, compose
+    from train.config import _run_guarded, compose
 
     own, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     if "version" not in own:
@@ -71,15 +71,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose(overrides)
     except HydraException as exc:
         sys.exit(f"error: {exc}")
-    try:
-        promote(cfg, own["version"], force=own.get("force", "false").lower() in ("1", "true", "yes"),
-                reason=own.get("reason"))
-    except Exception as exc:
-        err = _user_error(exc)
-        if err is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    force = own.get("force", "false").lower() in ("1", "true", "yes")
+    _run_guarded(lambda c: promote(c, own["version"], force=force, reason=own.get("reason")), cfg)
 
 
 if __name__ == "__main__":
