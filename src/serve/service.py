@@ -236,10 +236,9 @@ class Classifier:
     @bentoml.api(route="/embed")
     async def embed(self, image: Path, ctx: bentoml.Context) -> Embedding:
         """The image's embedding: the vector the drift monitor compares with training data."""
-        rid = self._request_id(ctx)
+        self._request_id(ctx)
         x, _stats, _ = self._prepare(image)
         _logits, emb = await self._batched(x)
-        _ = rid
         return Embedding(embedding=[float(v) for v in emb[0]], dim=int(emb.shape[1]), model_version=self.rt.version)
 
     @bentoml.api(route="/metadata")

@@ -16,8 +16,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from train.errors import VisionopsError
-from train.registry import (client_for, config_digest, current_champion, decide_and_move_aliases, fetch_version, gate,
-                            record_verdict)
+from train.registry import client_for, current_champion, decide_and_move_aliases, fetch_version, gate, record_verdict
+from train.tracking import config_hash
 from visionops.manifest import read_manifest
 from visionops.bundle import ModelBundle
 from visionops.preprocess import batch, load_and_preprocess
@@ -49,7 +49,7 @@ def log_and_register(cfg: DictConfig, client: Any) -> tuple[str, str]:
         artifacts["onnx_int8"] = str(export_dir / "model.int8.onnx")
     reqs = [f"{p}=={pkg_version(p)}" for p in ("mlflow", "onnxruntime", "numpy", "pillow", "cloudpickle")]
     try:
-        run = client.get_run(run_id)
+        client.get_run(run_id)
     except Exception as exc:
         raise VisionopsError(f"training run {run_id} is not in {client.tracking_uri}: re-run training against this store") from exc
     with mlflow.start_run(run_id=run_id):
@@ -59,9 +59,8 @@ def log_and_register(cfg: DictConfig, client: Any) -> tuple[str, str]:
             code_paths=[str(Path(visionops.__file__).parent)],
         )
     tags = {"git_commit": bundle.git_commit, "data_version": bundle.data_version, "run_id": run_id,
-            "config_hash": config_digest(cfg), "arch": bundle.arch, "serving_format": bundle.serving_format}
+            "config_hash": config_hash(cfg), "arch": bundle.arch, "serving_format": bundle.serving_format}
     mv = mlflow.register_model(info.model_uri, cfg.registry.model_name, tags=tags)
-    _ = run
     return str(mv.version), run_id
 
 

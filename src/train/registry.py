@@ -7,7 +7,6 @@ after every check, so a failure never leaves anything half-promoted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -202,9 +201,3 @@ def decide_and_move_aliases(cfg: DictConfig, client: Any, local: LocalModel, ver
         client.set_registered_model_alias(name, r.challenger_alias, version)
     verdict["champion_after"] = str(client.get_model_version_by_alias(name, r.champion_alias).version)
     return verdict
-
-
-def config_digest(cfg: DictConfig) -> str:
-    from omegaconf import OmegaConf
-
-    return hashlib.sha256(OmegaConf.to_yaml(cfg, resolve=True).encode()).hexdigest()[:16]
