@@ -6,9 +6,9 @@ the window fits in the 270-image pool, resampled with replacement for bigger win
 for each window size with the monitor's own `calibrate_table`. (b) Wall time and peak RSS of the
 real job (`monitor.__main__.run_job`, one subprocess each) on production logs of 1k, 10k, 100k records.
 
-    .venv/bin/python benchmarks/drift.py [windows=50] [clean=1000] [sizes=200,1000] [seed=0] [quick=false] [pool=test|holdout]
+    .venv/bin/python benchmarks/drift.py [windows=50] [clean=1000] [sizes=200,1000] [seed=0] [quick=false] [pool=holdout|test]
 
-pool=holdout trains a benchmark-only champion on a smaller split so that ~990 digits stay unseen,
+pool=holdout (the default) trains a benchmark-only champion on a smaller split so that ~990 digits stay unseen,
 enough for 1000-record clean windows of (nearly) distinct images.
 """
 
@@ -268,7 +268,7 @@ def main() -> None:
     sizes = [int(s) for s in args.get("sizes", "200,1000").split(",")]
     seed = int(args.get("seed", 0))
     WORK.mkdir(parents=True, exist_ok=True)
-    if args.get("pool", "test") == "holdout":
+    if args.get("pool", "holdout") == "holdout":
         OVERRIDES[:] = holdout_store(seed)
     t0 = time.perf_counter()
     feats, groups, clean, n_img = pool(seed)

@@ -198,16 +198,16 @@ class Scorer:
         2 x window_size records, the reference side then as large as the whole reference)."""
         n_ref = len(self.ref)
         rng = np.random.default_rng(seed)
-        scheme = "disjoint" if n_ref >= 2 * window_size else "bootstrap"
+        # A reference too small for two disjoint parts of the asked sizes is split in halves: the
+        # scores are scaled to be size-free, and halves keep the two samples independent (a
+        # bootstrap's repeated records shrink the KS statistics and under-state the null).
+        scheme = "disjoint" if n_ref >= 2 * window_size else "halves"
+        size = window_size if scheme == "disjoint" else n_ref // 2
         idx_a, idx_b = [], []
         for _ in range(splits):
-            if scheme == "disjoint":
-                perm = rng.permutation(n_ref)
-                idx_b.append(np.sort(perm[:window_size]))
-                idx_a.append(np.sort(perm[window_size:]))
-            else:
-                idx_a.append(rng.integers(0, n_ref, n_ref))
-                idx_b.append(rng.integers(0, n_ref, window_size))
+            perm = rng.permutation(n_ref)
+            idx_b.append(np.sort(perm[:size]))
+            idx_a.append(np.sort(perm[size:]))
         # Kernel block sums of every split at once: quadratic forms of the count vectors.
         ca = np.stack([np.bincount(i, minlength=n_ref) for i in idx_a]).astype(np.float64)
         cb = np.stack([np.bincount(i, minlength=n_ref) for i in idx_b]).astype(np.float64)
