@@ -124,8 +124,9 @@ def build_reference(cfg: Any) -> dict[str, Any]:
     t_cal = time.perf_counter() - t1
     (out / CALIBRATION_FILE).write_text(json.dumps(cal, indent=2))
     print(f"Reference: {len(table)} {m.reference_split} images with {rt.name} v{rt.version} -> {out / REFERENCE_FILE}")
-    print(f"Features in {t_features:.1f} s; calibrated in {t_cal:.1f} s on {cal['splits']} no-drift windows of "
-          f"{cal['window_size']} records ({cal['scheme']}): "
+    how = (f"windows of {cal['window_size']} records" if cal["scheme"] == "disjoint" else
+           f"splits of the reference into disjoint halves (size-free scores, for windows of {cal['window_size']})")
+    print(f"Features in {t_features:.1f} s; calibrated in {t_cal:.1f} s on {cal['splits']} no-drift {how}: "
           f"false alarms {cal['check_false_alarm_rate']:.1%} on fresh splits (target {cal['false_alarm_rate']:.0%})")
     for s, v in cal["signals"].items():
         print(f"  {s:16s} threshold {v['threshold']:.4g}  (no-drift median {v['null_median']:.4g})")
