@@ -9,14 +9,13 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from visionops.images import decode_image
 from visionops.manifest import Record
-from visionops.preprocess import PreprocessSpec, batch, normalize, to_uint8
+from visionops.preprocess import PreprocessSpec, load_batch
 
 
 def load_inputs(records: list[Record], spec: PreprocessSpec) -> np.ndarray:
     """The evaluation inputs, through exactly the preprocessing serving uses."""
-    return batch([normalize(to_uint8(decode_image(r.path, channels=spec.channels), spec), spec) for r in records])
+    return load_batch([r.path for r in records], spec)
 
 
 @torch.inference_mode()

@@ -128,7 +128,6 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "passed": agreement >= float(ecfg.min_top1_agreement),
     }
     x1, xb = x[:1], np.concatenate([x] * (1 + int(ecfg.latency.batch) // max(1, len(x))))[: int(ecfg.latency.batch)]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     formats: dict[str, dict[str, float]] = {}
 
     def eager(a: np.ndarray) -> Any:

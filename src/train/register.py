@@ -20,7 +20,7 @@ from train.registry import client_for, current_champion, decide_and_move_aliases
 from train.tracking import config_hash
 from visionops.manifest import read_manifest
 from visionops.bundle import ModelBundle
-from visionops.preprocess import batch, load_and_preprocess
+from visionops.preprocess import load_batch
 
 
 def log_and_register(cfg: DictConfig, client: Any) -> tuple[str, str]:
@@ -41,7 +41,7 @@ def log_and_register(cfg: DictConfig, client: Any) -> tuple[str, str]:
     bundle = ModelBundle.load(export_dir)
     spec = bundle.preprocess
     test = read_manifest(Path(cfg.paths.prepared) / "test.csv")[:2]
-    example = batch([load_and_preprocess(r.path, spec) for r in test])  # batch of 2: the batch axis stays dynamic
+    example = load_batch([r.path for r in test], spec)  # batch of 2: the batch axis stays dynamic
     probs = OnnxModel(export_dir / "model.onnx").predict_proba(example)
     artifacts = {"bundle": str(export_dir / "bundle.json"), "parity": str(export_dir / "parity.json"),
                  "onnx_fp32": str(export_dir / "model.onnx")}

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from train.errors import VisionopsError
 from visionops.manifest import read_labels, read_manifest
 from visionops.model_store import LocalModel, ModelStoreError, check_tracking_server, fetch
-from visionops.preprocess import PreprocessSpec, load_and_preprocess, batch
+from visionops.preprocess import PreprocessSpec, load_batch
 
 
 @dataclass
@@ -54,7 +54,7 @@ def evaluate_version(local: LocalModel, prepared: Path) -> Evaluation:
     idx = {label: i for i, label in enumerate(labels)}
     records = read_manifest(prepared / "test.csv")
     spec: PreprocessSpec = local.bundle.preprocess
-    x = batch([load_and_preprocess(r.path, spec) for r in records])
+    x = load_batch([r.path for r in records], spec)
     try:
         probs = local.load().predict_proba(x)
     except ModelStoreError as exc:

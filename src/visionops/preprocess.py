@@ -108,5 +108,10 @@ def load_and_preprocess(source: ImageSource, spec: PreprocessSpec, **decode_kw: 
     return preprocess(decode_image(source, channels=spec.channels, **decode_kw), spec)
 
 
+def load_batch(sources: Sequence[ImageSource], spec: PreprocessSpec, **decode_kw: Any) -> np.ndarray:
+    """Several images (paths or bytes) -> one NCHW batch, through the one decode + preprocess path."""
+    return batch([load_and_preprocess(s, spec, **decode_kw) for s in sources])
+
+
 def batch(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(np.stack(arrays, axis=0))
