@@ -85,9 +85,9 @@ class ModelRuntime:
                probs: np.ndarray, data: bytes | None = None, suffix: str = ".img") -> dict[str, Any]:
         rec: dict[str, Any] = {
             "timestamp": now_iso(), "request_id": request_id, "model_name": self.name, "model_version": self.version,
-            **stats, "embedding": [round(float(v), 6) for v in embedding],
+            **stats, "embedding": np.round(np.asarray(embedding, np.float64), 6).tolist(),
             "predicted_label": pred["label"], "top_score": pred["score"],
-            "probabilities": [round(float(v), 6) for v in probs], "image_path": None,
+            "probabilities": np.round(np.asarray(probs, np.float64), 6).tolist(), "image_path": None,
         }
         if self.images_dir is not None and data is not None and random.random() < self.settings.keep_images:
             self.images_dir.mkdir(parents=True, exist_ok=True)

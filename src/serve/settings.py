@@ -25,4 +25,23 @@ class Settings:
     max_batch_size: int = field(default_factory=lambda: int(_env("VISIONOPS_MAX_BATCH_SIZE", "64")))
     max_latency_ms: int = field(default_factory=lambda: int(_env("VISIONOPS_MAX_LATENCY_MS", "1000")))
     threads: int = field(default_factory=lambda: int(_env("VISIONOPS_THREADS", "0")))
-    workers: int = field(default_factory=lambda: int(_env("VISIONOPS_WORKERS", "1")))
+    # Server processes; 0 = automatic (see server_workers). Each gets cores / workers threads.
+    workers: int = field(default_factory=lambda: int(_env("VISIONOPS_WORKERS", "0")))
+    # BentoML opens an OpenTelemetry span for every request even when no exporter is configured;
+    # on a small model that is a fifth of the server's CPU. The prediction routes are left out of
+    # tracing unless this is set (do set it when a tracing exporter is configured).
+    trace_requests: bool = field(default_factory=lambda: _env("VISIONOPS_TRACE_REQUESTS", "0") == "1")
+
+    def server_workers(self) -> int:
+        """The configured number of server processes, or automatically: one on a GPU (one
+        process owns it, adaptive batching fills it), else one per core, up to 4 (Python spends
+        a core per process on HTTP and decoding)."""
+        if self.workers > 0:
+            return self.workers
+        if os.environ.get("VISIONOPS_TARGET") == "gpu":
+            return 1
+        from visionops.onnx_runtime import available_providers
+
+        if "CUDAExecutionProvider" in available_providers():
+            return 1
+        return max(1, min(os.cpu_count() or 1, 4))

@@ -8,7 +8,6 @@ pandas table for a time window.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
@@ -16,6 +15,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
+
+import orjson
+
+
+_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY
 
 
 class PredictionLog:
@@ -37,7 +41,7 @@ class PredictionLog:
         return self._fd
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
-        data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
+        data = b"".join(orjson.dumps(r, option=_OPTIONS) for r in records)
         if not data:
             return
         with self._lock:

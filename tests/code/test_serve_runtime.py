@@ -84,3 +84,13 @@ def test_prediction_log_keeps_every_record_under_concurrency(tmp_path):
     df = read_log(tmp_path)
     assert len(df) == 200 and df["request_id"].nunique() == 200
     assert all(json.loads(line) for f in tmp_path.glob("*.jsonl") for line in f.read_text().splitlines())
+
+
+def test_grey_image_statistics_are_the_same_read_as_grey_or_as_rgb():
+    """Serving decodes to the model's channels (RGB here); a grey upload keeps grey statistics."""
+    grey = Image.fromarray(np.random.default_rng(1).integers(0, 255, (24, 32), dtype=np.uint8))
+    as_grey, as_rgb = image_stats(grey), image_stats(grey.convert("RGB"), original_channels=1)
+    assert as_rgb["channels"] == 1 and as_rgb["saturation"] == 0
+    for key in STAT_COLUMNS:
+        assert as_rgb[key] == pytest.approx(as_grey[key], abs=1e-9), key
+    assert as_grey["contrast"] == pytest.approx(float((np.asarray(grey) / 255).std()), rel=1e-6)

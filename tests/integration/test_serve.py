@@ -122,7 +122,10 @@ def test_metadata_and_bentoml_endpoints(server):
     assert {"git_commit", "data_version", "embedding"} <= set(meta)
     assert httpx.post(server.url + "/metadata", json={}).json()["model_version"] == "1"
     assert httpx.get(server.url + "/livez").status_code == 200
-    assert "bentoml_service_request_total" in httpx.get(server.url + "/metrics").text
+    metrics = httpx.get(server.url + "/metrics").text
+    assert "bentoml_service_request_total" in metrics
+    assert any('endpoint="/classify"' in line and 'http_response_code="200"' in line
+               for line in metrics.splitlines() if line.startswith("bentoml_service_request_total"))
     assert httpx.get(server.url + "/docs.json").json()["paths"].keys() >= {"/classify", "/classify_batch", "/embed"}
 
 
@@ -149,6 +152,10 @@ HOSTILE = {
     "misnamed field": ({"files": {"picture": ("p.png", _png((8, 8)))}}, "field 'image'"),
     "missing field": ({"data": {"note": "hello"}, "files": {"other": ("o.txt", b"x")}}, "field 'image'"),
     "json body": ({"json": {"image": "/etc/passwd"}}, "multipart/form-data"),
+    "two images in one field": ({"files": [("image", ("a.png", _png((8, 8)))), ("image", ("b.png", _png((8, 8))))]},
+                                "send one image"),
+    "not multipart at all": ({"content": b"\x89PNG...", "headers": {"content-type": "multipart/form-data"}},
+                             "boundary"),
 }
 
 
@@ -173,11 +180,12 @@ def test_100_concurrent_requests_all_answered_and_logged(server, in_process, dig
         p = paths[i]
         r = httpx.post(server.url + "/classify", files={"image": (p.name, p.read_bytes())},
                        headers={"x-request-id": ids[i]}, timeout=30)
+        assert r.headers.get("x-request-id") == ids[i]
         return r.status_code, r.json()["label"] if r.status_code == 200 else r.text
 
     with ThreadPoolExecutor(32) as pool:
         results = list(pool.map(call, range(100)))
-    assert [s for s, _ in results] == [200] * 100
+    assert [s for s, _ in results] == [200] * 100, results
     assert [label for _, label in results] == [want[p] for p in paths]
     log = read_log(server.env["VISIONOPS_PREDICTION_LOG"])
     mine = log[log["request_id"].isin(ids)]
