@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from visionops.prediction_log import PredictionLog, now_iso
 from visionops.preprocess import normalize, to_uint8
 
 log = logging.getLogger("visionops.serve")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 
 
 class ModelRuntime:
@@ -91,7 +94,9 @@ class ModelRuntime:
         }
         if self.images_dir is not None and data is not None and random.random() < self.settings.keep_images:
             self.images_dir.mkdir(parents=True, exist_ok=True)
-            path = self.images_dir / f"{request_id}{suffix}"
+            # The id and the suffix come from the client: keep them to a safe file name.
+            name = _UNSAFE.sub("_", request_id)[:128]
+            path = self.images_dir / f"{name}{suffix if _SUFFIX.fullmatch(suffix) else '.img'}"
             path.write_bytes(data)
             rec["image_path"] = str(path)
         return rec

@@ -94,3 +94,19 @@ def test_grey_image_statistics_are_the_same_read_as_grey_or_as_rgb():
     for key in STAT_COLUMNS:
         assert as_rgb[key] == pytest.approx(as_grey[key], abs=1e-9), key
     assert as_grey["contrast"] == pytest.approx(float((np.asarray(grey) / 255).std()), rel=1e-6)
+
+
+def test_kept_images_stay_in_their_folder_whatever_the_client_sends(model_dir, tmp_path):
+    """The request id (x-request-id) and the file suffix come from the client."""
+    from serve.runtime import ModelRuntime
+
+    rt = ModelRuntime.load(Settings(log_dir=str(tmp_path / "log"), keep_images=1.0), model_dir=model_dir)
+    x, stats = rt.prepare(_png())
+    logits, emb = rt.infer(x)
+    preds, probs = rt.predictions(logits)
+    for rid, suffix in [("../../escape", ".png"), ("/etc/passwd", "/x"), ("ok-id_1", ".png/../..")]:
+        rec = rt.record(rid, stats, emb[0], preds[0], probs[0], b"bytes", suffix)
+        kept = Path(rec["image_path"])
+        assert kept.parent == tmp_path / "log" / "images" and kept.read_bytes() == b"bytes"
+        assert rec["request_id"] == rid  # the record keeps the client's id as sent
+    assert not (tmp_path / "escape.png").exists() and not list(tmp_path.glob("*.png"))
