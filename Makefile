@@ -13,7 +13,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install demo test test-slow params repro mlflow-ui serve monitor simulate evidently-ui lint bench lock clean
+.PHONY: help install demo test test-slow params repro mlflow-ui serve monitor simulate evidently-ui lint bench wrk lock clean
 
 help:
 	@echo "make demo       run the pipeline on the bundled digits (dvc repro): prepare -> ... -> register"
@@ -76,7 +76,14 @@ simulate: $(STAMP)
 evidently-ui: $(STAMP)
 	$(BIN)/evidently ui --workspace monitoring/workspace --host 127.0.0.1 --port $${EVIDENTLY_PORT:-8000}
 
-bench: $(STAMP)
+# The serving benchmark drives the servers with wrk (a C load generator; a Python client would
+# share the cores with the servers and cap every number).
+wrk:
+	@command -v wrk >/dev/null 2>&1 || { echo "Installing wrk for benchmarks/serve.py..."; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq wrk >/dev/null; fi; }
+
+bench: $(STAMP) wrk
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/export.py model=resnet18
