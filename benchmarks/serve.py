@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-
 # This file is named serve.py: keep its folder off the import path so `import serve` is the package.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -15,8 +15,8 @@ import numpy as np
 
 from serve.settings import Settings
 from visionops.bundle import ModelBundle
-from visionops.imagestats import image_stats
 from visionops.images import ImageDecodeError, decode_with_info
+from visionops.imagestats import image_stats
 from visionops.model_store import LocalModel, fetch
 from visionops.onnx_runtime import OnnxModel, available_providers, softmax
 from visionops.prediction_log import PredictionLog, now_iso
@@ -46,7 +46,7 @@ class ModelRuntime:
         self.warm_up()
 
     @classmethod
-    def load(cls, settings: Settings | None = None, model_dir: Path | None = None) -> "ModelRuntime":
+    def load(cls, settings: Settings | None = None, model_dir: Path | None = None) -> ModelRuntime:
         """From a packaged model directory (inside a bento) when given, else from the MLflow registry."""
         settings = settings or Settings()
         if model_dir is not None:
@@ -113,4 +113,4 @@ def new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-__all__ = ["ModelRuntime", "ImageDecodeError", "new_request_id"]
+__all__ = ["ImageDecodeError", "ModelRuntime", "new_request_id"]

@@ -60,7 +60,7 @@ UPLOAD_FIELDS = {"/classify": "image", "/embed": "image", "/classify_batch": "im
 LEAN = ("/classify", "/embed")  # answered in the Gatekeeper, see its docstring
 INLINE_DECODE_BYTES = 64 * 1024  # smaller uploads are decoded on the event loop; bigger ones in a thread
 _METADATA: dict[str, Any] = {}  # filled by the worker's Classifier; served on GET /metadata
-_LIVE: list["Classifier"] = []  # the worker's Classifier instance, once it has loaded its model
+_LIVE: list[Classifier] = []  # the worker's Classifier instance, once it has loaded its model
 _PARAM = re.compile(r';\s*([a-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;\s]*)', re.IGNORECASE)
 log = logging.getLogger("visionops.serve")
 
