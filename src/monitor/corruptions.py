@@ -115,12 +115,11 @@ def to_png(img: Image.Image) -> bytes:
 
 
 def corrupt_bytes(data: bytes, name: str, severity: int = 3, seed: int | np.random.Generator = 0) -> bytes:
-    """Encoded image in, PNG of the corrupted image out (the simulator's upload)."""
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    if img.mode not in ("L", "RGB"):
-        img = img.convert("RGBA" if "A" in img.mode or "transparency" in img.info else "RGB")
-        if img.mode == "RGBA":
-            bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(bg, img).convert("RGB")
+    """Encoded image in, PNG of the corrupted image out (the simulator's upload). Decoded by the
+    shared decoder (EXIF rotation, transparency on white); a grey image stays grey."""
+    from visionops.images import decode_with_info
+
+    img, info = decode_with_info(data, channels=3)
+    if info["channels"] == 1:
+        img = img.convert("L")
     return to_png(corrupt(img, name, severity, seed))

@@ -13,7 +13,6 @@ succeeded. The API key defaults to $VISIONOPS_API_KEY.
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 import threading
@@ -27,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from monitor.corruptions import CORRUPTIONS, corrupt_bytes
-from visionops.images import is_image_file
+from visionops.cli import parse_key_values
+from visionops.images import list_images
 
 DEFAULTS: dict[str, str | None] = {"url": "http://127.0.0.1:3000", "input": None, "n": "200", "rate": "50",
                                    "corruption": "none", "severity": "3", "seed": "0", "concurrency": "8",
@@ -41,16 +41,7 @@ class SimulateError(ValueError):
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
-    opts: dict[str, Any] = dict(DEFAULTS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise SimulateError(f"expected key=value, got {arg!r}\n{USAGE}")
-        if key not in DEFAULTS:
-            close = difflib.get_close_matches(key, list(DEFAULTS), n=1)
-            raise SimulateError(f"unknown argument '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
-                                + f"\n{USAGE}")
-        opts[key] = value
+    opts: dict[str, Any] = parse_key_values(argv, DEFAULTS, USAGE, SimulateError)
     if not opts["input"]:
         raise SimulateError(f"input= is required\n{USAGE}")
     try:
@@ -75,7 +66,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
 def pick_images(folder: Path, n: int, seed: int) -> list[Path]:
     if not folder.exists():
         raise SimulateError(f"input {folder} does not exist")
-    files = [folder] if folder.is_file() else sorted((p for p in folder.rglob("*") if p.is_file() and is_image_file(p)), key=str)
+    files = [folder] if folder.is_file() else list_images(folder)
     if not files:
         raise SimulateError(f"no images (jpg, png, webp, bmp, gif, tif) under {folder}")
     rng = np.random.default_rng(seed)

@@ -9,7 +9,6 @@ image gets a row with `error` set instead of stopping the run. Imports only `vis
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import math
@@ -23,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from visionops.images import IMAGE_SUFFIXES, ImageDecodeError, decode_image, is_image_file, normalize_mode
+from visionops.cli import parse_key_values
+from visionops.images import IMAGE_SUFFIXES, ImageDecodeError, is_image_file, list_images, normalize_mode
 from visionops.model_store import ModelStoreError, fetch
-from visionops.preprocess import PreprocessSpec, batch, preprocess
+from visionops.onnx_runtime import top_k
+from visionops.preprocess import PreprocessSpec, batch, load_and_preprocess, preprocess
 
 DEFAULTS: dict[str, str | None] = {"input": None, "output": None, "model": "models:/visionops-digits@champion",
                                    "every": "1", "batch_size": "64", "tracking_uri": None, "recursive": "true"}
@@ -59,16 +60,10 @@ class BatchResult:
                 f"v{self.version}; results saved to {self.output}")
 
 
-def list_images(folder: Path, recursive: bool = True) -> list[Path]:
-    """Image files under `folder` (by suffix), sorted by path."""
-    found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted((p for p in found if p.is_file() and is_image_file(p)), key=str)
-
-
 def image_items(paths: Iterable[Path], spec: PreprocessSpec) -> Iterator[Item]:
     for path in paths:
         try:
-            yield {"source": str(path), "error": None}, preprocess(decode_image(path, channels=spec.channels), spec)
+            yield {"source": str(path), "error": None}, load_and_preprocess(path, spec)
         except ImageDecodeError as exc:
             yield {"source": str(path), "error": str(exc)}, None
 
@@ -115,10 +110,9 @@ def predict_items(onnx: Any, items: Iterable[Item], labels: list[str], version: 
         for fields, x in chunk:
             row = {**fields, "label": None, "score": float("nan"), "top_k": None, "model_version": version}
             if x is not None:
-                p = next(probs)
-                top = np.argsort(-p, kind="stable")[:TOP_K]
-                row.update(label=labels[top[0]], score=float(p[top[0]]),
-                           top_k=json.dumps([{"label": labels[k], "score": round(float(p[k]), 6)} for k in top]))
+                best = top_k(next(probs), labels, TOP_K)
+                row.update(label=best[0]["label"], score=best[0]["score"],
+                           top_k=json.dumps([{**t, "score": round(t["score"], 6)} for t in best]))
             rows.append(row)
         if bar is not None:
             bar.update(len(chunk))
@@ -179,16 +173,7 @@ def run(input: str | os.PathLike, output: str | os.PathLike, model: str = str(DE
 
 
 def parse_args(argv: list[str]) -> dict[str, Any]:
-    opts = dict(DEFAULTS)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise BatchError(f"expected key=value, got {arg!r}; {USAGE}")
-        if key not in DEFAULTS:
-            close = difflib.get_close_matches(key, list(DEFAULTS), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise BatchError(f"unknown argument '{key}'; expected one of: {', '.join(DEFAULTS)}{hint}")
-        opts[key] = value
+    opts = parse_key_values(argv, DEFAULTS, USAGE, BatchError)
     if not opts["input"] or not opts["output"]:
         raise BatchError(f"input= and output= are required; {USAGE}")
     try:

@@ -18,7 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from visionops.cli import parse_key_values
 from visionops.model_store import ModelStoreError, fetch
+
+USAGE = "usage: python -m serve.package [model=models:/visionops-digits@champion] [targets=gpu,cpu] [out=models/bento]"
+
 
 def build_context() -> Path:
     """The src/ folder of the repository we run in (the bento's build context), else our own."""
@@ -79,13 +83,16 @@ def build(target: str, model_tag: str, out: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
-    uri = args.get("model", os.environ.get("VISIONOPS_MODEL_URI", "models:/visionops-digits@champion"))
-    out = Path(args.get("out", "models/bento"))
-    targets = [t for t in args.get("targets", "gpu,cpu").split(",") if t]
+    defaults = {"model": os.environ.get("VISIONOPS_MODEL_URI", "models:/visionops-digits@champion"),
+                "targets": "gpu,cpu", "out": "models/bento"}
     try:
+        args = parse_key_values(sys.argv[1:] if argv is None else argv, defaults, USAGE)
+        targets = [t for t in str(args["targets"]).split(",") if t]
+        if not targets or set(targets) - {"gpu", "cpu"}:
+            raise ValueError(f"targets= takes gpu, cpu or gpu,cpu; got {args['targets']!r}")
+        uri, out = str(args["model"]), Path(str(args["out"]))
         model_tag = import_model(uri, os.environ.get("MLFLOW_TRACKING_URI"))
-    except ModelStoreError as exc:
+    except (ValueError, ModelStoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     built = {t: build(t, model_tag, out) for t in targets}

@@ -18,9 +18,9 @@ from visionops.bundle import ModelBundle
 from visionops.images import ImageDecodeError, decode_with_info
 from visionops.imagestats import image_stats
 from visionops.model_store import LocalModel, fetch
-from visionops.onnx_runtime import OnnxModel, available_providers, softmax
+from visionops.onnx_runtime import OnnxModel, available_providers, softmax, top_k
 from visionops.prediction_log import PredictionLog, now_iso
-from visionops.preprocess import normalize, to_uint8
+from visionops.preprocess import preprocess
 
 log = logging.getLogger("visionops.serve")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -66,7 +66,7 @@ class ModelRuntime:
         img, info = decode_with_info(data, channels=self.spec.channels, max_bytes=self.settings.max_bytes,
                                      max_pixels=self.settings.max_pixels)
         stats = image_stats(img, original_channels=int(info["channels"]))
-        return normalize(to_uint8(img, self.spec), self.spec)[None], stats
+        return preprocess(img, self.spec)[None], stats
 
     def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.model.run(x)
@@ -74,14 +74,10 @@ class ModelRuntime:
     def predictions(self, logits: np.ndarray) -> tuple[list[dict[str, Any]], np.ndarray]:
         probs = softmax(logits)
         k = min(self.settings.top_k, probs.shape[1])
-        top = np.argsort(-probs, axis=1)[:, :k]
         out = []
-        for p, idx in zip(probs, top):
-            out.append({
-                "label": self.bundle.labels[int(idx[0])], "score": float(p[idx[0]]),
-                "top_k": [{"label": self.bundle.labels[int(i)], "score": float(p[i])} for i in idx],
-                "model_version": self.version,
-            })
+        for p in probs:
+            best = top_k(p, self.bundle.labels, k)
+            out.append({**best[0], "top_k": best, "model_version": self.version})
         return out, probs
 
     def record(self, request_id: str, stats: dict[str, float], embedding: np.ndarray, pred: dict[str, Any],

@@ -118,7 +118,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     with torch.inference_mode():
         eager_logits = torch.cat([net(torch.from_numpy(x[i : i + 256])) for i in range(0, len(x), 256)]).numpy()
     onnx = OnnxModel(fp32)
-    onnx_logits = np.concatenate([onnx.run(x[i : i + 256])[0] for i in range(0, len(x), 256)])
+    onnx_logits = onnx.logits(x)
     agreement = float((eager_logits.argmax(1) == onnx_logits.argmax(1)).mean())
     parity = {
         "images": int(len(x)),
@@ -142,7 +142,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         train_records = read_manifest(prepared / "train.csv")[: int(ecfg.int8.calibration_images)]
         int8_path = quantize_int8(fp32, out / "model.int8.onnx", load_inputs(train_records, spec))
         q = OnnxModel(int8_path)
-        q_logits = np.concatenate([q.run(x[i : i + 256])[0] for i in range(0, len(x), 256)])
+        q_logits = q.logits(x)
         formats["onnx_int8"] = {"accuracy": float((q_logits.argmax(1) == y).mean()), **latency(q.run, x1, xb, ecfg.latency)}
         key = f"images_per_s_batch{len(xb)}"
         drop = formats["onnx_fp32"]["accuracy"] - formats["onnx_int8"]["accuracy"]

@@ -145,3 +145,9 @@ def decode_with_info(
 
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(folder: Path, recursive: bool = True) -> list[Path]:
+    """Image files under `folder` (by suffix), sorted by path."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted((p for p in found if p.is_file() and is_image_file(p)), key=str)

@@ -78,6 +78,13 @@ def parse_uri(uri: str) -> tuple[str, str | None, str | None]:
     raise ModelStoreError(f"{uri!r} names no version or alias: use models:/{rest}@champion")
 
 
+def store_client(tracking_uri: str):
+    """A client bound to one store for both tracking and registry (never MLflow's global registry URI)."""
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 def resolve(uri: str, tracking_uri: str | None = None) -> tuple[str, str]:
     """(name, version) that a models:/ URI points at, with a clear error if it points nowhere."""
     import mlflow
@@ -85,7 +92,7 @@ def resolve(uri: str, tracking_uri: str | None = None) -> tuple[str, str]:
 
     tracking_uri = tracking_uri or mlflow.get_tracking_uri()
     check_tracking_server(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = store_client(tracking_uri)
     name, alias, version = parse_uri(uri)
     try:
         client.get_registered_model(name)
@@ -117,9 +124,8 @@ def fetch(uri: str, dst: str | os.PathLike | None = None, tracking_uri: str | No
     # Download from the version's own artifact location through a client bound to this store:
     # a models:/ URI would resolve through MLflow's global registry URI instead.
     tracking_uri = tracking_uri or mlflow.get_tracking_uri()
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        source = client.get_model_version_download_uri(name, version)
+        source = store_client(tracking_uri).get_model_version_download_uri(name, version)
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=tracking_uri))
     except Exception as exc:
         raise ModelStoreError(f"could not download {name} version {version}: {exc}") from exc

@@ -44,16 +44,24 @@ class OnnxModel:
                              f"{str(exc).splitlines()[0][:200]})") from exc
         self.path = path
         self.input_name = self.session.get_inputs()[0].name
-        self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float32 NCHW -> (logits, embedding)."""
         logits, embedding = self.session.run(["logits", "embedding"], {self.input_name: np.ascontiguousarray(x, np.float32)})
         return logits, embedding
 
-    def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        out = [softmax(self.run(x[i : i + batch_size])[0]) for i in range(0, len(x), batch_size)]
+    def logits(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Logits of any number of inputs, run `batch_size` at a time."""
+        out = [self.run(x[i : i + batch_size])[0] for i in range(0, len(x), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def predict_proba(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        return softmax(self.logits(x, batch_size))
+
+
+def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[dict[str, object]]:
+    """The k most probable labels of one probability vector, best first (ties: lower index first)."""
+    return [{"label": labels[int(i)], "score": float(probs[i])} for i in np.argsort(-probs, kind="stable")[:k]]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
