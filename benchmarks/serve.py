@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,14 +27,7 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 WORK = ROOT / "outputs" / "bench_serve"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_models(archs: list[str]) -> dict[str, str]:
@@ -148,29 +139,6 @@ def measure(url: str, kind: str, payload: bytes, concurrency: int, seconds: floa
     return best
 
 
-def start(cmd: list[str], env: dict, ready: str, log: Path) -> subprocess.Popen:
-    import httpx
-
-    fh = open(log, "wb")
-    proc = subprocess.Popen(cmd, env={**os.environ, **env, "PATH": f"{BIN}:{os.environ['PATH']}"}, stdout=fh,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    for _ in range(300):
-        try:
-            if httpx.get(ready, timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    raise RuntimeError(f"{cmd[:3]} did not start; see {log}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except Exception:
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 def in_process(uri: str, tracking: str, png: bytes, seconds: float) -> tuple[float, float, int]:
     """Images/s of decode + preprocess + inference in one process at the best batch size (the
     limit), and the model's ms per image there: the shared package's decoder and preprocessing and
@@ -203,6 +171,8 @@ def main() -> None:
     repeats = int(args.get("repeats", 3))
     archs = args.get("models", "small_cnn,resnet18").split(",")
     workers = args.get("workers", "2")
+    from serve import launch
+
     if shutil.which("wrk") is None:
         sys.exit("benchmarks/serve.py needs the wrk load generator: apt-get install wrk (or brew install wrk)")
     WORK.mkdir(parents=True, exist_ok=True)
@@ -218,19 +188,19 @@ def main() -> None:
 
         rt = ModelRuntime.load(Settings(model_uri=uri, tracking_uri=tracking, log_dir=None))
         tensor = json.dumps({"inputs": rt.prepare(png)[0].tolist()}).encode()
-        port_a, port_b = free_port(), free_port()
-        a = start([str(BIN / "bentoml"), "serve", "serve.service:Classifier", "--host", "127.0.0.1", "--port", str(port_a)],
-                  {"MLFLOW_TRACKING_URI": tracking, "VISIONOPS_MODEL_URI": uri, "VISIONOPS_WORKERS": workers,
-                   "VISIONOPS_PREDICTION_LOG": str(WORK / "log")}, f"http://127.0.0.1:{port_a}/readyz", WORK / "bentoml.log")
+        port_a, port_b = launch.free_port(), launch.free_port()
+        a = launch.bentoml_serve("serve.service:Classifier", port_a, WORK / "bentoml.log",
+                                 {"MLFLOW_TRACKING_URI": tracking, "VISIONOPS_MODEL_URI": uri, "VISIONOPS_WORKERS": workers,
+                                  "VISIONOPS_PREDICTION_LOG": str(WORK / "log")})
         res_a = {c: measure(f"http://127.0.0.1:{port_a}/classify", "multipart", png, c, seconds, [a.pid], repeats)
                  for c in (1, 8, 32)}
-        stop(a)
-        b = start([str(BIN / "mlflow"), "models", "serve", "-m", uri, "-h", "127.0.0.1", "-p", str(port_b),
-                   "--env-manager", "local", "--workers", workers], {"MLFLOW_TRACKING_URI": tracking},
-                  f"http://127.0.0.1:{port_b}/ping", WORK / "mlflow.log")
+        launch.stop(a)
+        b = launch.start([str(launch.BIN / "mlflow"), "models", "serve", "-m", uri, "-h", "127.0.0.1", "-p", str(port_b),
+                          "--env-manager", "local", "--workers", workers], f"http://127.0.0.1:{port_b}/ping",
+                         WORK / "mlflow.log", {"MLFLOW_TRACKING_URI": tracking})
         res_b = {c: measure(f"http://127.0.0.1:{port_b}/invocations", "json", tensor, c, seconds, [b.pid], repeats)
                  for c in (1, 8, 32)}
-        stop(b)
+        launch.stop(b)
         for c in (1, 8, 32):
             rows.append((arch, c, res_a[c], res_b[c], limit_ips, model_ms, best_bs))
     print(f"\nServing benchmark: one image per request, wrk (1 thread) on the same {os.cpu_count()}-core machine, "

@@ -12,9 +12,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,56 +20,29 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from serve import launch
+from visionops.cli import parse_key_values
 from visionops.manifest import read_manifest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+DEFAULTS = {"corruption": "gaussian_noise", "severity": "4", "n": "200", "port": "0"}
+USAGE = "usage: python -m monitor.demo [corruption=gaussian_noise] [severity=4] [n=200] [port=0]"
 
 
 def _stamp(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _serve(port: int, log_dir: Path, out: Path) -> subprocess.Popen:
-    import httpx
-
-    env = {**os.environ, "VISIONOPS_PREDICTION_LOG": str(log_dir), "VISIONOPS_KEEP_IMAGES": "0.25",
-           "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlflow.db'}")}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", "serve.service:Classifier",
-                             "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=open(out, "wb"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    for _ in range(200):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.3)
-    _stop(proc)
-    raise SystemExit(f"error: the service did not start; see {out}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
 def main() -> None:
     from monitor.__main__ import run_job
     from monitor.simulate import main as simulate
 
-    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
-    corruption, severity, n = args.get("corruption", "gaussian_noise"), args.get("severity", "4"), args.get("n", "200")
+    try:
+        args = parse_key_values(sys.argv[1:], DEFAULTS, USAGE)
+        port = int(str(args["port"])) or launch.free_port()
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    corruption, severity, n = args["corruption"], args["severity"], args["n"]
     cfg = OmegaConf.load("params.yaml")
-    port = int(args.get("port", 0)) or _free_port()
     run_dir = Path("logs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     log_dir = run_dir / "predictions"
     traffic = Path(tempfile.mkdtemp(prefix="visionops-traffic-"))
@@ -82,7 +52,12 @@ def main() -> None:
         shutil.copy(r.path, dst)
     print(f"\n== the loop: serving the champion on http://127.0.0.1:{port}, production log in {log_dir}/ ==")
     run_dir.mkdir(parents=True, exist_ok=True)
-    proc = _serve(port, log_dir, run_dir / "server.log")
+    env = {"VISIONOPS_PREDICTION_LOG": str(log_dir), "VISIONOPS_KEEP_IMAGES": "0.25",
+           "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlflow.db'}")}
+    try:
+        proc = launch.bentoml_serve("serve.service:Classifier", port, run_dir / "server.log", env)
+    except RuntimeError as exc:
+        raise SystemExit(f"error: the service did not start: {exc}") from None
     results = {}
     try:
         for name, corr in (("clean", "none"), (f"{corruption} severity {severity}", corruption)):
@@ -99,7 +74,7 @@ def main() -> None:
             print(f"\n-- drift job on the {name} window --")
             results[name] = run_job(job)
     finally:
-        _stop(proc)
+        launch.stop(proc)
         shutil.rmtree(traffic, ignore_errors=True)
     clean, bad = list(results.values())
     print("\n== monitoring verdicts ==")

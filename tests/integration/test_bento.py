@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from helpers import build_version, run_cli
+from serve import launch
 
 pytestmark = pytest.mark.integration
 
@@ -59,11 +58,7 @@ def test_cpu_variant_and_packed_model(bentos):
 
 def test_bentoml_serve_of_the_built_bento(bentos, digits_small, tmp_path):
     store, env, built = bentos
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = launch.free_port()
     # A fresh BentoML home that knows only the exported archive, and an unreachable registry:
     # the bento must answer from the model packed inside it.
     home = tmp_path / "fresh-bentoml"
@@ -72,26 +67,11 @@ def test_bentoml_serve_of_the_built_bento(bentos, digits_small, tmp_path):
     imp = subprocess.run([str(Path(sys.executable).parent / "bentoml"), "import", built["bentos"]["cpu"]["archive"]],
                          env=run_env, capture_output=True, text=True)
     assert imp.returncode == 0, imp.stderr
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "bentoml"), "serve", built["bentos"]["cpu"]["tag"],
-                             "--host", "127.0.0.1", "--port", str(port)], env=run_env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = launch.bentoml_serve(built["bentos"]["cpu"]["tag"], port, tmp_path / "serve.log", run_env)
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            assert "Application startup failed" not in (tmp_path / "serve.log").read_text(), \
-                (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(0.4)
         img = sorted(digits_small.rglob("*.png"))[0]
         r = httpx.post(url + "/classify", files={"image": (img.name, img.read_bytes())})
         assert r.status_code == 200 and r.json()["model_version"] == "1"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-        log.close()
+        launch.stop(proc)

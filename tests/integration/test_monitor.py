@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import email
 import json
-import socket
 import threading
 from datetime import UTC, datetime, timedelta
 from email import policy
@@ -20,6 +19,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from helpers import REPO, build_version, pipeline_cfg, run_cli
+from serve import launch
 
 pytestmark = pytest.mark.integration
 CHAMPION = "models:/visionops-digits@champion"
@@ -122,12 +122,6 @@ def _params(cfg, path: Path) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_reference_is_what_serving_computes_and_thresholds_are_calibrated(reference, champion, runtime):
     from visionops.imagestats import STAT_COLUMNS
     from visionops.manifest import read_manifest
@@ -227,7 +221,7 @@ def test_drift_email_arrives_with_table_and_the_report_attached(champion, refere
             return "250 OK"
 
     inbox = Inbox()
-    port = _free_port()
+    port = launch.free_port()
     controller = Controller(inbox, hostname="127.0.0.1", port=port)
     controller.start()
     try:
@@ -257,7 +251,7 @@ def test_drift_email_arrives_with_table_and_the_report_attached(champion, refere
 
 
 def test_unreachable_mail_server_retries_then_fails_with_the_report_saved(champion, reference, noisy_log, tmp_path):
-    port = _free_port()  # nothing listens there
+    port = launch.free_port()  # nothing listens there
     params = _params(_cfg(champion, tmp_path, [f"monitor.log_dir={noisy_log}", "monitor.workspace=null"]),
                      tmp_path / "params.yaml")
     r = run_cli(["-m", "monitor", "--params", str(params), *WINDOW, "monitor.email.smtp_host=127.0.0.1",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from helpers import build_version, run_cli
+from serve import launch
 from visionops.model_store import fetch
 
 pytestmark = pytest.mark.integration
@@ -29,12 +29,6 @@ pytestmark = pytest.mark.integration
 def _pg_bin(name: str) -> str | None:
     found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return found if isinstance(found, str) else (found[-1] if found else None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -57,7 +51,7 @@ def postgres():
         shutil.chown(sock, "postgres")
     subprocess.run(_as_postgres([initdb, "-D", str(data), "-U", "mlflow", "--auth=trust", "-E", "UTF8"]),
                    check=True, capture_output=True)
-    port = _free_port()
+    port = launch.free_port()
     subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-w", "-l", str(base / "pg.log"), "-o",
                                  f"-p {port} -k {sock} -c listen_addresses=127.0.0.1", "start"]),
                    check=True, capture_output=True)
@@ -71,7 +65,7 @@ def postgres():
 @pytest.fixture(scope="module")
 def mlflow_server(postgres, tmp_path_factory):
     artifacts = tmp_path_factory.mktemp("shared-artifacts")
-    port = _free_port()
+    port = launch.free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     log = open(artifacts.parent / "mlflow-server.log", "wb")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen(

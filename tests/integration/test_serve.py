@@ -7,12 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,6 +16,7 @@ import pytest
 from PIL import Image
 
 from helpers import build_version
+from serve import launch
 from serve.runtime import ModelRuntime
 from serve.settings import Settings
 from visionops.prediction_log import read_log
@@ -29,42 +24,17 @@ from visionops.prediction_log import read_log
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
+    """`bentoml serve serve.service:Classifier` on a free port, started and stopped by serve.launch."""
+
     def __init__(self, env: dict[str, str], log: Path):
         self.env = env
-        self.port = _free_port()
+        self.port = launch.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_file = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "bentoml"), "serve", "serve.service:Classifier", "--host", "127.0.0.1",
-             "--port", str(self.port)],
-            env={**os.environ, **env}, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError("bentoml serve did not become ready:\n" + Path(log).read_text()[-4000:])
+        self.proc = launch.bentoml_serve("serve.service:Classifier", self.port, log, env)
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log_file.close()
+        launch.stop(self.proc)
 
 
 @pytest.fixture(scope="module")
