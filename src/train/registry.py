@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from train.errors import VisionopsError
 from visionops.manifest import read_labels, read_manifest
-from visionops.model_store import LocalModel, ModelStoreError, check_tracking_server, fetch
+from visionops.model_store import LocalModel, ModelStoreError, check_tracking_server, fetch, store_client
 from visionops.preprocess import PreprocessSpec, load_batch
 
 
@@ -40,11 +40,12 @@ def client_for(cfg: DictConfig):
     except ModelStoreError as exc:
         raise VisionopsError(str(exc)) from exc
     mlflow.set_tracking_uri(uri)
-    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+    return store_client(uri), uri
 
 
-def evaluate_version(local: LocalModel, prepared: Path) -> Evaluation:
-    """Accuracy of a version's serving format on the pinned test manifest, per image."""
+def evaluate_version(local: LocalModel, prepared: Path, inputs: dict[str, np.ndarray] | None = None) -> Evaluation:
+    """Accuracy of a version's serving format on the pinned test manifest, per image. `inputs`
+    keeps the decoded test set per preprocessing spec, so versions that share one decode it once."""
     labels = read_labels(prepared)
     if list(local.bundle.labels) != labels:
         raise VisionopsError(
@@ -54,7 +55,11 @@ def evaluate_version(local: LocalModel, prepared: Path) -> Evaluation:
     idx = {label: i for i, label in enumerate(labels)}
     records = read_manifest(prepared / "test.csv")
     spec: PreprocessSpec = local.bundle.preprocess
-    x = load_batch([r.path for r in records], spec)
+    key = json.dumps(spec.to_dict(), sort_keys=True)
+    cache = inputs if inputs is not None else {}
+    if key not in cache:
+        cache[key] = load_batch([r.path for r in records], spec)
+    x = cache[key]
     try:
         probs = local.load().predict_proba(x)
     except ModelStoreError as exc:
@@ -81,7 +86,8 @@ def gate(cfg: DictConfig, challenger: LocalModel, champion: LocalModel | None) -
     """Every gate's verdict for a challenger against the current champion (None: first version)."""
     g = cfg.registry.gate
     prepared = Path(cfg.paths.prepared)
-    new = evaluate_version(challenger, prepared)
+    inputs: dict[str, np.ndarray] = {}
+    new = evaluate_version(challenger, prepared, inputs)
     checks: dict[str, dict[str, Any]] = {}
     parity = challenger.parity.get("parity", {})
     checks["parity"] = {"passed": bool(parity.get("passed", False)) or not g.require_parity,
@@ -97,7 +103,7 @@ def gate(cfg: DictConfig, challenger: LocalModel, champion: LocalModel | None) -
     if champion is None:
         checks["metric"] = {"passed": True, "reason": "no champion yet: the first version becomes champion"}
     else:
-        old = evaluate_version(champion, prepared)
+        old = evaluate_version(champion, prepared, inputs)
         ci = paired_bootstrap(new.correct, old.correct, int(g.bootstrap_samples), float(g.confidence), int(g.seed))
         verdict["champion"] = {"version": champion.version, "accuracy": old.accuracy}
         checks["metric"] = {"passed": ci["ci_low"] >= -float(g.tolerance), **ci}
