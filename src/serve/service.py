@@ -25,12 +25,14 @@ import orjson
 from bentoml.exceptions import InvalidArgument
 from pydantic import BaseModel, Field
 
-from serve import bentoml_fixes
+from serve import bentoml_fixes, reuseport
 from serve.settings import Settings
 
 bentoml_fixes.apply()
 
 SETTINGS = dataclasses.replace(Settings(), workers=Settings().server_workers())
+if SETTINGS.reuse_port:
+    reuseport.apply()  # `bentoml serve` imports this module before it creates the API socket
 PROTECTED = ("/classify", "/classify_batch", "/embed", "/metadata")
 _TARGET = os.environ.get("VISIONOPS_TARGET", "cpu")  # gpu: CUDA base image and a GPU; set when building the bento
 _PACKAGED = Path(__file__).with_name("packaged_model.json")  # written into the bento by serve.package
