@@ -25,7 +25,7 @@ import orjson
 from bentoml.exceptions import InvalidArgument
 from pydantic import BaseModel, Field
 
-from serve import bentoml_fixes, reuseport
+from serve import bentoml_fixes, reuseport, startup
 from serve.settings import Settings
 
 bentoml_fixes.apply()
@@ -248,9 +248,11 @@ class Classifier:
         from bentoml.exceptions import ServiceUnavailable
 
         from serve.runtime import ModelRuntime
+        from visionops.model_store import ModelStoreError
 
         packaged = getattr(self, "packaged", None)
-        self.rt = ModelRuntime.load(SETTINGS, model_dir=Path(packaged.path) if packaged is not None else None)
+        with startup.fatal(ModelStoreError):  # one line and the server stops, not tracebacks and restarts
+            self.rt = ModelRuntime.load(SETTINGS, model_dir=Path(packaged.path) if packaged is not None else None)
         _METADATA.update(self.rt.metadata())
 
         def overloaded() -> Any:
