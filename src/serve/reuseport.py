@@ -60,7 +60,13 @@ def per_process(sock: Any) -> Any:
 
 def _arbiter_init(original: Any) -> Any:
     def __init__(self: Any, *args: Any, sockets: list | None = None, **kwargs: Any) -> None:
-        original(self, *args, sockets=[per_process(s) for s in sockets or []], **kwargs)
+        from bentoml.exceptions import BentoMLException
+
+        try:
+            sockets = [per_process(s) for s in sockets or []]
+        except OSError as exc:  # bentoml's CLI prints its own exceptions in one line, others with a traceback
+            raise BentoMLException(exc.strerror or str(exc)) from exc
+        original(self, *args, sockets=sockets, **kwargs)
 
     __init__.visionops_reuseport = True  # type: ignore[attr-defined]
     __init__.original = original  # type: ignore[attr-defined]
