@@ -79,7 +79,7 @@ evidently-ui: $(STAMP)
 # The serving benchmark drives the servers with wrk (a C load generator; a Python client would
 # share the cores with the servers and cap every number).
 wrk:
-	@command -v wrk >/dev/null 2>&1 || { echo "Installing wrk for benchmarks/serve.py..."; \
+	@command -v wrk >/dev/null 2>&1 || { echo "Installing wrk for benchmarks/serving.py..."; \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq wrk >/dev/null; fi; }
 
@@ -87,7 +87,7 @@ bench: $(STAMP) wrk
 	$(BIN)/python benchmarks/train_throughput.py
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/export.py model=resnet18
-	$(BIN)/python benchmarks/serve.py
+	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/drift.py
 
 lint: $(STAMP)

@@ -25,8 +25,6 @@ from contextlib import redirect_stdout
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-# benchmarks/serve.py would shadow the `serve` package: keep this folder off the import path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 os.chdir(ROOT)  # conf/, data/ and mlflow.db are found from the repository root
@@ -37,6 +35,10 @@ SEVERITIES = (1, 2, 3, 4, 5)
 VARIANTS = 4  # seeded variants per (image, corruption, severity); identical ones are featurised once
 TARGET_FA, TARGET_DET, TARGET_SIZE, TARGET_SEV = 0.05, 0.95, 1000, 3
 SHORT = {"image_stats": "stats", "embedding": "emb", "predicted_class": "class", "confidence": "conf"}
+USAGE = ("usage: benchmarks/drift.py [windows=50] [clean=1000] [sizes=200,1000] [seed=0] [quick=false] "
+         "[pool=holdout|test]")
+DEFAULTS = {"windows": None, "clean": None, "sizes": "200,1000", "seed": "0", "quick": "false", "pool": "holdout"}
+JOB_DEFAULTS = {"_job": None, "max_records": None, "html": "0", "pool": "test", "seed": "0"}
 
 import numpy as np
 
@@ -54,10 +56,8 @@ def compose(extra: list[str] | None = None):
 def holdout_store(seed: int) -> list[str]:
     """A champion trained on a smaller split so that ~990 digits stay unseen (test = 55%): enough
     distinct, never-trained-on images for 1000-record clean windows without resampling a small pool."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from helpers import build_version
-
     from monitor.reference import build_reference
+    from train.build import build_version
 
     store = WORK / "holdout"
     extra = ["data.split.test=0.55", "data.split.val=0.15", f"data.split.seed={seed}", "model.net.width=32",
@@ -216,9 +216,9 @@ def child(n: int, max_records: int, html: bool) -> None:
                       "used": result["records"]["used"], "verdict": result["verdict"]}))
 
 
-def run_child(n: int, max_records: int, html: bool) -> dict:
+def run_child(n: int, max_records: int, html: bool, seed: int) -> dict:
     p = subprocess.run([sys.executable, __file__, f"_job={n}", f"max_records={max_records}", f"html={int(html)}",
-                        f"pool={'holdout' if OVERRIDES else 'test'}"],
+                        f"pool={'holdout' if OVERRIDES else 'test'}", f"seed={seed}"],
                        check=False, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"job on {n} records failed:\n{p.stderr[-3000:]}")
@@ -243,7 +243,7 @@ def cost_table(clean: list[dict], seed: int) -> str:
             else:
                 runs.append(("uncapped", n, False))
         for label, mr, html in runs:
-            r = run_child(n, mr, html)
+            r = run_child(n, mr, html, seed)
             if label == "uncapped" or (n <= cap and not html):
                 done[n] = r["s"]  # the uncapped cost at n: extrapolated quadratically to the next n
             rows.append(f"| {n:,} | {label} ({r['used']:,} tested) | {r['s']:.2f} | {r['rss'] / 1024:.0f} | "
@@ -256,19 +256,28 @@ def cost_table(clean: list[dict], seed: int) -> str:
                       "|---|---|---|---|---|", *rows])
 
 
-def main() -> None:
-    args = dict(a.split("=", 1) for a in sys.argv[1:])
-    if "_job" in args:
-        if args.get("pool") == "holdout":
-            OVERRIDES[:] = holdout_store(int(args.get("seed", 0)))
-        return child(int(args["_job"]), int(args["max_records"]), args["html"] == "1")
-    quick = args.get("quick", "false").lower() in ("1", "true", "yes")
-    windows = int(args.get("windows", 10 if quick else 50))
-    clean_windows = int(args.get("clean", 200 if quick else 1000))  # the false-alarm rate needs many
-    sizes = [int(s) for s in args.get("sizes", "200,1000").split(",")]
-    seed = int(args.get("seed", 0))
+def main(argv: list[str] | None = None) -> None:
+    from visionops.cli import parse_key_values
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0].startswith("_job="):  # one job in a fresh process, started by run_child
+        job = parse_key_values(argv, JOB_DEFAULTS, USAGE)
+        if job["pool"] == "holdout":
+            OVERRIDES[:] = holdout_store(int(job["seed"]))
+        return child(int(job["_job"]), int(job["max_records"]), job["html"] == "1")
+    try:
+        args = parse_key_values(argv, DEFAULTS, USAGE)
+        quick = str(args["quick"]).lower() in ("1", "true", "yes")
+        windows = int(args["windows"] or (10 if quick else 50))
+        clean_windows = int(args["clean"] or (200 if quick else 1000))  # the false-alarm rate needs many
+        sizes = [int(s) for s in str(args["sizes"]).split(",")]
+        seed = int(args["seed"])
+        if args["pool"] not in ("holdout", "test"):
+            raise ValueError(f"pool= takes holdout or test, got {args['pool']!r}\n{USAGE}")
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
     WORK.mkdir(parents=True, exist_ok=True)
-    if args.get("pool", "holdout") == "holdout":
+    if args["pool"] == "holdout":
         OVERRIDES[:] = holdout_store(seed)
     t0 = time.perf_counter()
     feats, groups, clean, n_img = pool(seed)

@@ -15,13 +15,19 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from train.config import compose  # noqa: E402
-from train.export import export  # noqa: E402
+from train.config import compose
+from train.export import export
+from visionops.cli import parse_key_values
+
+USAGE = "usage: benchmarks/export.py [model=small_cnn]"
 
 
-def main() -> None:
-    args = dict(a.split("=", 1) for a in sys.argv[1:])
-    model = args.get("model", "small_cnn")
+def main(argv: list[str] | None = None) -> None:
+    try:
+        args = parse_key_values(sys.argv[1:] if argv is None else argv, {"model": "small_cnn"}, USAGE)
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
+    model = str(args["model"])
     overrides = ["export.latency.runs=500", "export.latency.batch_runs=100"]
     if model != "small_cnn":
         from train.pipeline import train

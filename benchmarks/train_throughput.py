@@ -3,7 +3,7 @@
 Same model (the config's), same data (the prepared digits, augmentation on), same batch size,
 same process. Prints images/s for each and the ratio, plus the data loader alone.
 
-    .venv/bin/python benchmarks/train_throughput.py [epochs=3] [model=small_cnn] [batch_size=64]
+    .venv/bin/python benchmarks/train_throughput.py [epochs=3] [model=small_cnn] [batch_size=64] [workdir=...]
 """
 
 from __future__ import annotations
@@ -15,29 +15,32 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import lightning.pytorch as L  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from train.config import compose  # noqa: E402
-from train.datamodule import ManifestDataModule  # noqa: E402
-from train.module import ImageClassifier  # noqa: E402
-from train.prepare import prepare  # noqa: E402
-from visionops.preprocess import PreprocessSpec  # noqa: E402
+from train.config import compose
+from train.datamodule import ManifestDataModule
+from train.module import ImageClassifier
+from train.prepare import prepare
+from visionops.cli import parse_key_values
+from visionops.preprocess import PreprocessSpec
+
+USAGE = "usage: benchmarks/train_throughput.py [epochs=3] [model=small_cnn] [batch_size=64] [workdir=outputs/bench_train]"
+DEFAULTS = {"epochs": "3", "model": "small_cnn", "batch_size": "64", "workdir": "outputs/bench_train"}
 
 
-def _args() -> dict[str, str]:
-    return dict(a.split("=", 1) for a in sys.argv[1:])
-
-
-def main() -> None:
-    args = _args()
-    epochs = int(args.get("epochs", 3))
-    tmp = Path(args.get("workdir", "outputs/bench_train"))
+def main(argv: list[str] | None = None) -> None:
+    try:
+        args = parse_key_values(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
+        epochs = int(args["epochs"])
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
+    tmp = Path(str(args["workdir"]))
     cfg = compose([
-        "trainer=cpu", f"model={args.get('model', 'small_cnn')}", f"data.batch_size={args.get('batch_size', 64)}",
+        "trainer=cpu", f"model={args['model']}", f"data.batch_size={args['batch_size']}",
         f"paths.prepared={tmp / 'prepared'}", f"paths.reports={tmp / 'reports'}",
     ])
     if not (tmp / "prepared" / "labels.json").exists():

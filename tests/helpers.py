@@ -10,7 +10,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from train.build import build_version, pipeline_cfg  # shared with the benchmarks
+
+__all__ = ["REPO", "bin_path", "build_version", "make_cfg", "pipeline_cfg", "run_cli", "tiny_overrides"]
 REPO = Path(__file__).resolve().parents[1]
+
 
 def tiny_overrides(tmp: Path, data_root: Path, extra: list[str] | None = None) -> list[str]:
     return [
@@ -43,36 +47,3 @@ def run_cli(args: list[str], cwd: Path = REPO, timeout: int = 600, env: dict | N
 def bin_path(name: str) -> str:
     exe = Path(sys.executable).parent / name
     return str(exe) if exe.exists() else (shutil.which(name) or name)
-
-
-def pipeline_cfg(store: Path, work: Path, data_root: Path, extra: list[str] | None = None) -> DictConfig:
-    """A config whose runs share one MLflow store and one prepared split (store/), while each
-    model's checkpoints, exports and reports live in its own folder (work/)."""
-    from train.config import compose
-
-    return compose([
-        "trainer=cpu", f"data.root={data_root}", f"paths.prepared={store / 'prepared'}",
-        f"paths.models={work / 'models'}", f"paths.reports={work / 'reports'}",
-        f"logger.tracking_uri=sqlite:///{store / 'mlflow.db'}", "logger.log_system_metrics=false",
-        "trainer.enable_progress_bar=false", "export.latency.runs=50",
-        # a narrow small CNN keeps tests fast; torchvision backbones have no width
-        *([] if any(e.startswith("model=") for e in (extra or [])) else ["model.net.width=8"]),
-        *(extra or []),
-    ])
-
-
-def build_version(store: Path, work: Path, data_root: Path, extra: list[str] | None = None) -> dict:
-    """prepare (once) -> train -> evaluate -> export -> register: one new registry version."""
-    from train.evaluate import evaluate
-    from train.export import export
-    from train.pipeline import train
-    from train.prepare import prepare
-    from train.register import register
-
-    cfg = pipeline_cfg(store, work, data_root, extra)
-    if not (store / "prepared" / "labels.json").exists():
-        prepare(cfg)
-    train(cfg)
-    evaluate(cfg)
-    export(cfg)
-    return register(cfg)

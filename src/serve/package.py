@@ -34,19 +34,19 @@ def import_model(uri: str, tracking_uri: str | None) -> str:
     """The registered version as a BentoML model (name:version); returns its tag."""
     import bentoml
 
-    local = fetch(uri, tracking_uri=tracking_uri)
-    tag = f"{local.name}:v{local.version}"
-    try:
-        bentoml.models.get(tag).path  # already imported
-        return tag
-    except bentoml.exceptions.NotFound:
-        pass
-    with bentoml.models.create(tag, labels={"model_version": local.version, "source": uri},
-                               metadata={"registered_model": local.name, "version": local.version,
-                                         "data_version": local.bundle.data_version}) as m:
-        shutil.copytree(local.directory / "artifacts", Path(m.path) / "artifacts")
-        (Path(m.path) / "VERSION").write_text(local.version)
-        (Path(m.path) / "NAME").write_text(local.name)
+    with fetch(uri, tracking_uri=tracking_uri) as local:  # a temporary copy, removed on the way out
+        tag = f"{local.name}:v{local.version}"
+        try:
+            bentoml.models.get(tag)  # already imported
+            return tag
+        except bentoml.exceptions.NotFound:
+            pass
+        with bentoml.models.create(tag, labels={"model_version": local.version, "source": uri},
+                                   metadata={"registered_model": local.name, "version": local.version,
+                                             "data_version": local.bundle.data_version}) as m:
+            shutil.copytree(local.directory / "artifacts", Path(m.path) / "artifacts")
+            (Path(m.path) / "VERSION").write_text(local.version)
+            (Path(m.path) / "NAME").write_text(local.name)
     return tag
 
 

@@ -17,7 +17,7 @@ from serve.settings import Settings
 from visionops.bundle import ModelBundle
 from visionops.images import ImageDecodeError, decode_with_info
 from visionops.imagestats import image_stats
-from visionops.model_store import LocalModel, fetch
+from visionops.model_store import fetch
 from visionops.onnx_runtime import OnnxModel, available_providers, softmax, top_k
 from visionops.prediction_log import PredictionLog, now_iso
 from visionops.preprocess import preprocess
@@ -52,8 +52,9 @@ class ModelRuntime:
         if model_dir is not None:
             version = (model_dir / "VERSION").read_text().strip()
             return cls(model_dir, (model_dir / "NAME").read_text().strip(), version, settings)
-        local: LocalModel = fetch(settings.model_uri, tracking_uri=settings.tracking_uri)
-        return cls(local.directory, local.name, local.version, settings)
+        # The model is in memory once loaded: the temporary copy goes at once, not at exit.
+        with fetch(settings.model_uri, tracking_uri=settings.tracking_uri) as local:
+            return cls(local.directory, local.name, local.version, settings)
 
     def warm_up(self) -> None:
         h, w = self.spec.size

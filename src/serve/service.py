@@ -25,12 +25,14 @@ import orjson
 from bentoml.exceptions import InvalidArgument
 from pydantic import BaseModel, Field
 
-from serve import bentoml_fixes
+from serve import bentoml_fixes, reuseport, startup
 from serve.settings import Settings
 
 bentoml_fixes.apply()
 
 SETTINGS = dataclasses.replace(Settings(), workers=Settings().server_workers())
+if SETTINGS.reuse_port:
+    reuseport.apply()  # `bentoml serve` imports this module before it creates the API socket
 PROTECTED = ("/classify", "/classify_batch", "/embed", "/metadata")
 _TARGET = os.environ.get("VISIONOPS_TARGET", "cpu")  # gpu: CUDA base image and a GPU; set when building the bento
 _PACKAGED = Path(__file__).with_name("packaged_model.json")  # written into the bento by serve.package
@@ -246,9 +248,11 @@ class Classifier:
         from bentoml.exceptions import ServiceUnavailable
 
         from serve.runtime import ModelRuntime
+        from visionops.model_store import ModelStoreError
 
         packaged = getattr(self, "packaged", None)
-        self.rt = ModelRuntime.load(SETTINGS, model_dir=Path(packaged.path) if packaged is not None else None)
+        with startup.fatal(ModelStoreError):  # one line and the server stops, not tracebacks and restarts
+            self.rt = ModelRuntime.load(SETTINGS, model_dir=Path(packaged.path) if packaged is not None else None)
         _METADATA.update(self.rt.metadata())
 
         def overloaded() -> Any:

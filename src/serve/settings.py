@@ -31,6 +31,9 @@ class Settings:
     # on a small model that is a fifth of the server's CPU. The prediction routes are left out of
     # tracing unless this is set (do set it when a tracing exporter is configured).
     trace_requests: bool = field(default_factory=lambda: _env("VISIONOPS_TRACE_REQUESTS", "0") == "1")
+    # Each worker listens on its own SO_REUSEPORT socket (Linux), so new connections are spread
+    # over the workers; 0 = one socket shared by all workers, as BentoML does (see serve.reuseport).
+    reuse_port: bool = field(default_factory=lambda: _env("VISIONOPS_REUSE_PORT", "1") == "1")
 
     def server_workers(self) -> int:
         """The configured number of server processes, or automatically: one on a GPU (one

@@ -9,6 +9,7 @@ commit, data version, run id and config hash. Then the champion/challenger gate 
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from omegaconf import DictConfig
 from train.errors import VisionopsError
 from train.registry import client_for, current_champion, decide_and_move_aliases, fetch_version, gate, record_verdict
 from train.tracking import config_hash
-from visionops.manifest import read_manifest
 from visionops.bundle import ModelBundle
+from visionops.manifest import read_manifest
 from visionops.preprocess import load_batch
 
 
@@ -68,11 +69,14 @@ def register(cfg: DictConfig) -> dict[str, Any]:
     client, uri = client_for(cfg)
     version, run_id = log_and_register(cfg, client)
     name = cfg.registry.model_name
-    challenger = fetch_version(client, name, version)
-    champion = current_champion(cfg, client)
-    verdict = gate(cfg, challenger, champion)
-    verdict = decide_and_move_aliases(cfg, client, challenger, verdict)
-    path = record_verdict(cfg, client, challenger, verdict, run_id)
+    with ExitStack() as copies:  # the fetched copies of both versions are removed however this ends
+        challenger = copies.enter_context(fetch_version(client, name, version))
+        champion = current_champion(cfg, client)
+        if champion is not None:
+            copies.enter_context(champion)
+        verdict = gate(cfg, challenger, champion)
+        verdict = decide_and_move_aliases(cfg, client, challenger, verdict)
+        path = record_verdict(cfg, client, challenger, verdict, run_id)
     g = verdict["gates"]["metric"]
     versus = (f"vs champion v{verdict['champion']['version']} {verdict['champion']['accuracy']:.4f}, "
               f"diff CI [{g['ci_low']:+.4f}, {g['ci_high']:+.4f}]" if verdict["champion"] else "first version")

@@ -141,3 +141,64 @@ def test_corrupt_model_artifact_moves_nothing(registry, tmp_path):
         assert _champion(client) == "3"
     finally:
         shutil.copy(backup, stored[0])
+
+
+def _own_tmp(monkeypatch, tmp_path: Path) -> Path:
+    """This process's temporary directory, where fetched model copies go, moved into tmp_path."""
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+def _model_copies(tmp: Path) -> list[Path]:
+    return sorted(tmp.rglob("bundle.json"))  # a fetched version's files, whatever the folder layout
+
+
+def test_register_and_promote_leave_no_model_copies(registry, tmp_path, monkeypatch):
+    """register and promote fetch the challenger and the champion to gate them: the copies go
+    when they are done, whether the gate passes or not (on a copy of the store: aliases here stay)."""
+    from omegaconf import open_dict
+
+    from helpers import pipeline_cfg
+    from train.promote import promote
+    from train.register import register
+
+    store, data_root, _, _ = registry
+    shutil.copy(store / "mlflow.db", tmp_path / "mlflow.db")
+    cfg = pipeline_cfg(store, store / "v3", data_root, ["trainer.max_epochs=8", "model.net.width=16"])
+    with open_dict(cfg):
+        cfg.logger.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        cfg.paths.reports = str(tmp_path / "reports")
+    shutil.copytree(store / "v3" / "reports" / "train", tmp_path / "reports" / "train")
+    tmp = _own_tmp(monkeypatch, tmp_path)
+    verdict = register(cfg)  # v3's export again: version 4, gated against champion v3
+    assert verdict["challenger"]["version"] == "4" and verdict["champion"]["version"] == "3"
+    assert _model_copies(tmp) == []
+    assert promote(cfg, "2")["decision"].startswith("kept as challenger")
+    assert _model_copies(tmp) == []
+    with pytest.raises(Exception, match="needs a reason"):
+        promote(cfg, "2", force=True)
+    with pytest.raises(Exception, match="has no version 9"):
+        promote(cfg, "9")
+    assert _model_copies(tmp) == []
+
+
+def test_copies_left_by_a_killed_process_go_at_the_next_fetch(registry, tmp_path, monkeypatch):
+    from visionops.model_store import COPIES_DIR, fetch
+
+    _, _, client, _ = registry
+    tmp = _own_tmp(monkeypatch, tmp_path)
+    fetch_and_die = ("import os, signal; from visionops.model_store import fetch; "
+                     f"fetch('models:/{NAME}@champion', tracking_uri={client.tracking_uri!r}); "
+                     "os.kill(os.getpid(), signal.SIGKILL)")
+    killed = run_cli(["-c", fetch_and_die], env={"TMPDIR": str(tmp)})
+    assert killed.returncode == -9
+    left = _model_copies(tmp)
+    assert len(left) == 1 and COPIES_DIR in str(left[0]), "the killed process's copy is where fetch puts copies"
+    with fetch(f"models:/{NAME}@champion", tracking_uri=client.tracking_uri) as local:
+        assert _model_copies(tmp) == [local.directory / "artifacts" / "bundle.json"], "the orphan is gone"
+        assert local.load() is not None
+    assert _model_copies(tmp) == []

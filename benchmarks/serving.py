@@ -8,7 +8,7 @@ one thread, on this same machine), for the default small CNN and resnet18, all i
   (c) in-process: decode + preprocess + inference at the best batch size (the limit).
 Also: the service's CPU time per request outside the model.
 
-    .venv/bin/python benchmarks/serve.py [seconds=5] [repeats=3] [models=small_cnn,resnet18] [workers=2]
+    .venv/bin/python benchmarks/serving.py [seconds=5] [repeats=3] [models=small_cnn,resnet18] [workers=2]
 
 Needs wrk (apt-get install wrk).
 """
@@ -23,17 +23,16 @@ import sys
 import time
 from pathlib import Path
 
-# This file is named serve.py: keep its folder off the import path so `import serve` is the package.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "outputs" / "bench_serve"
+USAGE = "usage: benchmarks/serving.py [seconds=5] [repeats=3] [models=small_cnn,resnet18] [workers=2]"
+DEFAULTS = {"seconds": "5", "repeats": "3", "models": "small_cnn,resnet18", "workers": "2"}
 
 
 def ensure_models(archs: list[str]) -> dict[str, str]:
     """A registered version per architecture in a benchmark store (trained once, reused)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from helpers import build_version
+    from train.build import build_version
 
     store = WORK / "store"
     versions_file = store / "versions.json"
@@ -165,20 +164,22 @@ def in_process(uri: str, tracking: str, png: bytes, seconds: float) -> tuple[flo
     return best
 
 
-def main() -> None:
-    args = dict(a.split("=", 1) for a in sys.argv[1:])
-    seconds = float(args.get("seconds", 5))
-    repeats = int(args.get("repeats", 3))
-    archs = args.get("models", "small_cnn,resnet18").split(",")
-    workers = args.get("workers", "2")
+def main(argv: list[str] | None = None) -> None:
     from serve import launch
+    from visionops.cli import parse_key_values
 
+    try:
+        args = parse_key_values(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
+        seconds, repeats = float(args["seconds"]), int(args["repeats"])
+        archs, workers = str(args["models"]).split(","), str(int(args["workers"]))
+    except ValueError as exc:
+        sys.exit(f"error: {exc}")
     if shutil.which("wrk") is None:
-        sys.exit("benchmarks/serve.py needs the wrk load generator: apt-get install wrk (or brew install wrk)")
+        sys.exit("benchmarks/serving.py needs the wrk load generator: apt-get install wrk (or brew install wrk)")
     WORK.mkdir(parents=True, exist_ok=True)
     versions = ensure_models(archs)
     tracking = f"sqlite:///{WORK / 'store' / 'mlflow.db'}"
-    png = sorted((ROOT / "data" / "raw" / "digits" / "3").glob("*.png"))[0].read_bytes()
+    png = min((ROOT / "data" / "raw" / "digits" / "3").glob("*.png")).read_bytes()
     rows = []
     for arch in archs:
         uri = versions[arch]
