@@ -195,6 +195,8 @@ def write_log(directory: Path, n: int, clean: list[dict], seed: int) -> None:
                    "timestamp": (SINCE + timedelta(seconds=j * step)).isoformat(timespec="microseconds")}
                   for j in range(start, min(n, start + 10_000)))
     log.close()
+    for f in directory.glob("predictions-*.jsonl"):  # the records are of SINCE's day: so is their file's name
+        f.rename(f.with_name(f"predictions-{SINCE:%Y%m%d}-" + f.name.split("-", 2)[2]))
 
 
 def child(n: int, max_records: int, html: bool) -> None:

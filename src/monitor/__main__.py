@@ -3,8 +3,9 @@
     python -m monitor [--params params.yaml] [monitor.since=2026-01-01T00:00:00Z monitor.until=2026-01-02T00:00:00Z]
     python -m monitor monitor.last=24h monitor.email.on=always monitor.email.smtp_host=smtp.example.com
 
-1. Reads the records of the window from the prediction log (`monitor.log_dir`), keeps those of
-   the model the reference was calibrated for, samples `max_records` of a bigger window.
+1. Reads the records of the window from the files of the prediction log (`monitor.log_dir`) whose
+   day overlaps it, skipping damaged lines (named in a warning and in drift.json), keeps the
+   records of the model the reference was calibrated for, samples `max_records` of a bigger window.
 2. Fewer than `min_records`: verdict "insufficient data", no alarm.
 3. Else the four drift scores (`monitor.drift`) against the reference and the calibrated
    thresholds (`<reference_dir>/calibration.json`, from `python -m monitor.reference`) give a
@@ -46,6 +47,7 @@ from monitor.drift import (
 )
 
 _PERIOD = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$", re.IGNORECASE)
+MAX_LISTED = 100  # damaged lines named in drift.json; the rest are counted
 _UNITS = {"s": "seconds", "m": "minutes", "min": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
@@ -90,18 +92,33 @@ def _iso(dt: datetime) -> str:
 
 
 def read_window(log_dir: Path, since: datetime, until: datetime) -> Any:
+    """The window's records of the files that overlap it (a `visionops.prediction_log.LogWindow`);
+    damaged lines are skipped, named in a warning and in drift.json."""
     import pandas as pd
 
-    from visionops.prediction_log import read_log
+    from visionops.prediction_log import LogWindow, scan_log
 
     if not Path(log_dir).is_dir():
         print(f"warning: the prediction log {log_dir} does not exist (is monitor.log_dir the service's "
               "VISIONOPS_PREDICTION_LOG?)", file=sys.stderr)
-        return pd.DataFrame()
+        return LogWindow(pd.DataFrame(), [], [])
     try:
-        return read_log(log_dir, since, until)
-    except (ValueError, KeyError, OSError) as exc:
+        window = scan_log(log_dir, since, until)
+    except OSError as exc:
         raise MonitorError(f"cannot read the prediction log {log_dir}: {exc}") from exc
+    if window.damaged:
+        lines = window.damaged_lines()
+        shown = ", ".join(lines[:5]) + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
+        print(f"warning: skipped {len(lines)} damaged line{'s' * (len(lines) > 1)} of the prediction log "
+              f"(a torn or foreign record, not a prediction): {shown}; listed in drift.json", file=sys.stderr)
+    return window
+
+
+def log_summary(window: Any, log_dir: Path) -> dict[str, Any]:
+    """drift.json's account of what was read: the files and the damaged lines skipped."""
+    lines = window.damaged_lines()
+    return {"dir": str(log_dir), "files": [p.name for p in window.files], "damaged_lines": lines[:MAX_LISTED],
+            "damaged_not_listed": max(0, len(lines) - MAX_LISTED)}
 
 
 def resolve_image(path: Any, log_dir: Path) -> Path | None:
@@ -157,7 +174,8 @@ def run_job(cfg: Any) -> dict[str, Any]:
     ref_table, cal = load_reference(cfg)
     labels = list(cal["labels"])
     log_dir = Path(m.log_dir)
-    df = read_window(log_dir, since, until)
+    window = read_window(log_dir, since, until)
+    df = window.records
     in_window = len(df)
     others: dict[str, int] = {}
     if in_window:
@@ -181,7 +199,9 @@ def run_job(cfg: Any) -> dict[str, Any]:
         "model": {"name": cal["model_name"], "version": str(cal["model_version"])},
         "verdict": VERDICT_INSUFFICIENT, "drift_detected": False,
         "records": {"in_window": in_window, "model_version": matching, "other_versions": others, "used": len(df),
-                    "min_records": int(m.min_records), "reference": len(ref_table), "kept_images": kept},
+                    "min_records": int(m.min_records), "reference": len(ref_table), "kept_images": kept,
+                    "damaged_lines": len(window.damaged)},
+        "log": log_summary(window, log_dir),
         "signals": None, "details": None, "quality": None,
         "calibration": {k: cal.get(k) for k in ("window_size", "false_alarm_rate", "correction", "signal_level",
                                                  "check_false_alarm_rate", "scheme")},
@@ -274,8 +294,10 @@ def _thumbnails(df: Any, ref: Any, cur: Any, gamma: float, log_dir: Path, k: int
 
 def _print_summary(result: dict[str, Any], out_dir: Path) -> None:
     w, rec = result["window"], result["records"]
+    n = rec.get("damaged_lines", 0)
+    damaged = f", {n} damaged line{'s' * (n != 1)} skipped" if n else ""
     print(f"Window {w['since']} to {w['until']}: {rec['in_window']} records, {rec['used']} used "
-          f"({result['model']['name']} v{result['model']['version']})")
+          f"({result['model']['name']} v{result['model']['version']}){damaged}")
     for s, v in (result["signals"] or {}).items():
         print(f"  {s:16s} score {v['score']:10.4g}  threshold {v['threshold']:10.4g}  {'DRIFT' if v['drifted'] else 'ok'}")
     if result.get("note"):

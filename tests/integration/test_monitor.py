@@ -78,11 +78,14 @@ def test_images(champion) -> list[bytes]:
 
 
 def _write_window(rt, log_dir: Path, images: list[bytes], corruption: str = "none", severity: int = 5,
-                  keep_every: int = 4, version: str | None = None) -> Path:
-    """Serve `images` in-process exactly like the service does and log them inside the window."""
+                  keep_every: int = 4, version: str | None = None, start: datetime = START) -> Path:
+    """Serve `images` in-process exactly like the service does and log them inside the window that
+    begins at `start`, in the file the service would have written that day."""
     from monitor.corruptions import corrupt_bytes
     from visionops.prediction_log import PredictionLog
 
+    log_dir.mkdir(parents=True, exist_ok=True)
+    before = set(log_dir.glob("predictions-*.jsonl"))
     log = PredictionLog(log_dir)
     records = []
     for i, raw in enumerate(images):
@@ -90,20 +93,28 @@ def _write_window(rt, log_dir: Path, images: list[bytes], corruption: str = "non
         x, stats = rt.prepare(data)
         logits, emb = rt.infer(x)
         preds, probs = rt.predictions(logits)
-        rec = rt.record(f"req-{i:05d}", stats, emb[0], preds[0], probs[0])
-        rec["timestamp"] = (START + timedelta(seconds=5 * i)).isoformat()
+        rec = rt.record(f"req-{start:%H%M}-{i:05d}", stats, emb[0], preds[0], probs[0])
+        rec["timestamp"] = (start + timedelta(seconds=5 * i)).isoformat()
         if version is not None:
             rec["model_version"] = version
         if keep_every and i % keep_every == 0:
-            path = log_dir / "images" / f"req-{i:05d}.png"
+            path = log_dir / "images" / f"req-{start:%H%M}-{i:05d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             rec["image_path"] = str(path)
         records.append(rec)
     # one record outside the window, which the job must ignore
-    records.append({**records[0], "request_id": "late", "timestamp": (START + timedelta(hours=2)).isoformat()})
+    records.append({**records[0], "request_id": f"late-{start:%H%M}", "timestamp": (start + timedelta(hours=2)).isoformat()})
     log.write(records)
     log.close()
+    # The writer names its file by today's date; these records are of `start`'s day.
+    for f in set(log_dir.glob("predictions-*.jsonl")) - before:
+        day_file = f.with_name(f"predictions-{start:%Y%m%d}-" + f.name.split("-", 2)[2])
+        if day_file == f:
+            continue
+        with open(day_file, "ab") as out:  # the same process may already have logged that day
+            out.write(f.read_bytes())
+        f.unlink()
     return log_dir
 
 
@@ -196,6 +207,27 @@ def test_too_few_records_is_insufficient_data_and_exits_0(champion, reference, r
     res = json.loads((tmp_path / "reports" / WINDOW_NAME / "drift.json").read_text())
     assert res["verdict"] == "insufficient data" and res["drift_detected"] is False and res["records"]["used"] == 10
     assert not (tmp_path / "reports" / WINDOW_NAME / "report.html").exists()
+
+
+def test_a_torn_line_is_skipped_and_named_and_the_job_still_gives_a_verdict(champion, reference, runtime, test_images,
+                                                                           tmp_path):
+    log_dir = _write_window(runtime, tmp_path / "log", test_images[:80])
+    path, = log_dir.glob("predictions-*.jsonl")
+    lines = path.read_bytes().splitlines(keepends=True)
+    # What a failed write (full disk) left before the writer was fixed: half a record, then the
+    # next record glued onto it. Both are lost; the other 78 must still be monitored.
+    path.write_bytes(b"".join([*lines[:30], lines[30][: len(lines[30]) // 2], *lines[31:]]))
+    (log_dir / "predictions-20251201-otherhost-7.jsonl").write_bytes(b"not a record\n")  # another day: not opened
+    params = _params(_cfg(champion, tmp_path, [f"monitor.log_dir={log_dir}", "monitor.html_report=false"]),
+                     tmp_path / "params.yaml")
+    r = run_cli(["-m", "monitor", "--params", str(params), *WINDOW])
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "reports" / WINDOW_NAME / "drift.json").read_text())
+    assert res["verdict"] != "insufficient data" and res["signals"], res
+    assert res["records"]["in_window"] == 78 and res["records"]["damaged_lines"] == 1
+    assert res["log"]["damaged_lines"] == [f"{path}:31"] and res["log"]["files"] == [path.name]
+    assert "skipped 1 damaged line" in r.stderr and f"{path}:31" in r.stderr
+    assert "1 damaged line skipped" in r.stdout
 
 
 def test_log_of_another_model_version_fails_clearly(champion, reference, runtime, test_images, tmp_path):
