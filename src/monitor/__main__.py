@@ -236,17 +236,35 @@ def run_job(cfg: Any) -> dict[str, Any]:
         (out_dir / "report.html").unlink()  # an earlier run's report would contradict this drift.json
     (out_dir / "drift.json").write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
     _print_summary(result, out_dir)
-    if snapshot is not None and m.get("workspace"):
-        from monitor import report
-
-        try:
-            report.add_to_workspace(snapshot, m.workspace, str(m.project), name)
-            print(f"Evidently workspace: run {name} in project {m.project!s} ({m.workspace}; "
-                  f"`evidently ui --workspace {m.workspace}`)")
-        except Exception as exc:  # noqa: BLE001 - the workspace is a convenience; the report is saved
-            print(f"warning: could not add the run to the Evidently workspace {m.workspace}: {exc}", file=sys.stderr)
-    _email(cfg, result, thumbs)
+    ui_path = _add_to_workspace(cfg, result, snapshot, until) if m.get("workspace") else None
+    _email(cfg, result, thumbs, ui_path)
     return result
+
+
+def run_labels(result: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """The Evidently run's metadata and tags: which window, model version and verdict it is."""
+    tag = {VERDICT_DRIFT: "drift", VERDICT_INSUFFICIENT: "insufficient-data"}.get(result["verdict"], "no-drift")
+    m, w = result["model"], result["window"]
+    return {"model": f"{m['name']} v{m['version']}", "window": w["name"], "verdict": result["verdict"]}, ["visionops", tag]
+
+
+def _add_to_workspace(cfg: Any, result: dict[str, Any], snapshot: Any, until: datetime) -> str | None:
+    """The window's run in the Evidently workspace: the report, or the job's numbers alone when
+    there is none, so the dashboard has every window. Returns the run's page path in the UI."""
+    from monitor import report
+
+    m, name = cfg.monitor, result["window"]["name"]
+    try:
+        if snapshot is None:
+            metadata, tags = run_labels(result)
+            snapshot = report.build_summary(result, name, until.replace(tzinfo=None), metadata, tags)
+        project_id, run_id = report.add_to_workspace(snapshot, m.workspace, str(m.project), name)
+    except Exception as exc:  # noqa: BLE001 - the workspace is a convenience; drift.json and the report are saved
+        print(f"warning: could not add the run to the Evidently workspace {m.workspace}: {exc}", file=sys.stderr)
+        return None
+    print(f"Evidently workspace: run {name} in project {m.project!s} ({m.workspace}; `make evidently-ui` "
+          "shows the drift over time)")
+    return f"projects/{project_id}/reports/{run_id}"
 
 
 def _report(cfg: Any, ref_table: Any, df: Any, cal: dict[str, Any], result: dict[str, Any], name: str,
@@ -264,10 +282,8 @@ def _report(cfg: Any, ref_table: Any, df: Any, cal: dict[str, Any], result: dict
     try:
         snapshot = report.build(
             ref_table, df, m.quality, str(m.embedding_method), mmd_threshold=mmd_thr, name=name,
-            timestamp=until.replace(tzinfo=None),
-            metadata={"model": f"{cal['model_name']} v{cal['model_version']}", "window": name,
-                      "verdict": result["verdict"]},
-            tags=["visionops", "drift" if result["drift_detected"] else "no-drift"])
+            timestamp=until.replace(tzinfo=None), metadata=run_labels(result)[0], tags=run_labels(result)[1],
+            job=result)
         result["report"] = str(report.save_html(snapshot, out_dir / "report.html"))
         return snapshot
     except Exception as exc:  # noqa: BLE001 - Evidently internals; the verdict stands without the report
@@ -275,7 +291,8 @@ def _report(cfg: Any, ref_table: Any, df: Any, cal: dict[str, Any], result: dict
         return None
 
 
-def _thumbnails(df: Any, ref: Any, cur: Any, gamma: float, log_dir: Path, k: int) -> list[tuple[bytes, str]]:
+def _thumbnails(df: Any, ref: Any, cur: Any, gamma: float, log_dir: Path, k: int) -> list[tuple[bytes, str, float]]:
+    """The k most atypical kept images: (PNG thumbnail, predicted label, top-1 probability)."""
     from monitor.emailer import thumbnail
 
     if k <= 0 or "image_path" not in df.columns:
@@ -286,7 +303,7 @@ def _thumbnails(df: Any, ref: Any, cur: Any, gamma: float, log_dir: Path, k: int
         src = resolve_image(df["image_path"].iloc[i], log_dir)
         png = thumbnail(src) if src is not None else None
         if png:
-            out.append((png, f"{df['predicted_label'].iloc[i]} ({float(df['top_score'].iloc[i]):.2f})"))
+            out.append((png, str(df["predicted_label"].iloc[i]), float(df["top_score"].iloc[i])))
         if len(out) >= k:
             break
     return out
@@ -309,24 +326,28 @@ def _print_summary(result: dict[str, Any], out_dir: Path) -> None:
         print(result["next_step"])
 
 
-def _email(cfg: Any, result: dict[str, Any], thumbs: list[tuple[bytes, str]]) -> str | None:
-    from monitor import emailer
+def _email(cfg: Any, result: dict[str, Any], thumbs: list[tuple[bytes, str, float]],
+           ui_path: str | None = None) -> str | None:
+    """Send what waits in the outbox, then this window's email (`monitor.email.on`)."""
+    from monitor import emailer, outbox
 
     e = cfg.monitor.email
+    outbox.send_pending(e)
     if not emailer.should_send(e["on"], result["verdict"]):
         return None
     plot = emailer.signal_plot(result["signals"]) if result.get("signals") else None
-    msg = emailer.compose(result, str(e["from"]), emailer.recipients(e.get("to")),
+    ui_url = cfg.monitor.get("ui_url")
+    msg = emailer.compose(result, str(e["from"]), outbox.recipients(e.get("to")),
                           Path(result["report"]) if result.get("report") else None, int(e.attach_max_bytes),
-                          thumbs, plot)
+                          thumbs, plot, f"{str(ui_url).rstrip('/')}/{ui_path}" if ui_url and ui_path else None)
     tag = "drift" if result["verdict"] == VERDICT_DRIFT else result["verdict"].replace(" ", "-")
     try:
-        delivered = emailer.deliver(msg, e, f"{result['window']['name']}-{tag}")
+        delivered = outbox.deliver(msg, e, f"{result['window']['name']}-{tag}")
         print("Email: " + delivered)
         return delivered
-    except emailer.EmailError as exc:
+    except outbox.EmailError as exc:
         where = result["report"] or str(Path(cfg.monitor.reports_dir) / result["window"]["name"] / "drift.json")
-        raise emailer.EmailError(f"{exc}; the report is saved at {where}") from exc
+        raise outbox.EmailError(f"{exc}; the report is saved at {where}") from exc
 
 
 def main() -> None:
