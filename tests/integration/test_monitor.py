@@ -160,7 +160,7 @@ def test_reference_is_what_serving_computes_and_thresholds_are_calibrated(refere
 
 
 def test_clean_window_raises_no_alarm(champion, reference, clean_log, tmp_path):
-    from monitor.__main__ import run_job
+    from monitor.job import run_job
 
     res = run_job(_cfg(champion, tmp_path, [f"monitor.log_dir={clean_log}", *WINDOW, "monitor.html_report=false",
                                             "monitor.email.on=drift"]))
@@ -174,7 +174,7 @@ def test_clean_window_raises_no_alarm(champion, reference, clean_log, tmp_path):
 @pytest.mark.parametrize("corruption", ["gaussian_noise", "brightness"])
 def test_strong_corruption_is_detected_deterministically(champion, reference, runtime, test_images, noisy_log,
                                                          corruption, tmp_path):
-    from monitor.__main__ import run_job
+    from monitor.job import run_job
 
     log_dir = noisy_log if corruption == "gaussian_noise" else \
         _write_window(runtime, tmp_path / "log", test_images, corruption, 5)
@@ -231,8 +231,8 @@ def test_a_torn_line_is_skipped_and_named_and_the_job_still_gives_a_verdict(cham
 
 
 def test_log_of_another_model_version_fails_clearly(champion, reference, runtime, test_images, tmp_path):
-    from monitor.__main__ import run_job
     from monitor.drift import MonitorError
+    from monitor.job import run_job
 
     log_dir = _write_window(runtime, tmp_path / "log", test_images[:60], version="2")
     with pytest.raises(MonitorError, match=r"calibrated for visionops-digits v1.*monitor.reference"):
@@ -268,7 +268,7 @@ UI_URL = "http://monitor.example:8000"
 def drift_runs(champion, reference, clean_log, noisy_log, tmp_path_factory) -> dict:
     """Two windows into one Evidently workspace: a clean one without an HTML report, then a noisy
     one with the full report and its email delivered to a real SMTP server."""
-    from monitor.__main__ import run_job
+    from monitor.job import run_job
 
     tmp = tmp_path_factory.mktemp("runs")
     port = launch.free_port()
@@ -521,8 +521,8 @@ def test_simulator_sends_corrupted_pngs_and_counts_statuses(digits_small, tmp_pa
 
 
 def test_window_is_named_from_since_and_until():
-    from monitor.__main__ import resolve_window
     from monitor.drift import MonitorError
+    from monitor.window import resolve_window
 
     m = OmegaConf.create({"since": "2026-01-01T00:00:00Z", "until": "2026-01-02T00:00:00", "last": "24h"})
     since, until, name = resolve_window(m)
