@@ -56,8 +56,10 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	@$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
+# Runs and the registry; prints "MLflow UI ready at <url>" once the page answers (a link to the
+# model-training view). Ctrl-C stops it.
 mlflow-ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+	@$(BIN)/python -m visionops.webui mlflow port=$(MLFLOW_PORT) store=sqlite:///mlflow.db
 
 # The model behind the champion alias, over HTTP (BentoML). PORT picks the port.
 serve: $(STAMP)
@@ -73,8 +75,9 @@ simulate: $(STAMP)
 	$(BIN)/python -m monitor.simulate url=http://127.0.0.1:$(PORT) input=data/raw/digits n=200 \
 	  corruption=$${CORRUPTION:-none} severity=$${SEVERITY:-3}
 
+# The drift monitor's workspace: each project's dashboard (drift over time) and every window's report.
 evidently-ui: $(STAMP)
-	$(BIN)/evidently ui --workspace monitoring/workspace --host 127.0.0.1 --port $${EVIDENTLY_PORT:-8000}
+	@$(BIN)/python -m visionops.webui evidently port=$${EVIDENTLY_PORT:-8000} workspace=monitoring/workspace
 
 # The serving benchmark drives the servers with wrk (a C load generator; a Python client would
 # share the cores with the servers and cap every number).

@@ -4,7 +4,7 @@
 the window fits in the 270-image pool, resampled with replacement for bigger windows) and corrupted ones (every `monitor.corruptions` type at severities 1-5) of 200 and
 1000 records, scored with the monitor's own `Scorer` + `verdict` against thresholds calibrated
 for each window size with the monitor's own `calibrate_table`. (b) Wall time and peak RSS of the
-real job (`monitor.__main__.run_job`, one subprocess each) on production logs of 1k, 10k, 100k records.
+real job (`monitor.job.run_job`, one subprocess each) on production logs of 1k, 10k, 100k records.
 
     .venv/bin/python benchmarks/drift.py [windows=50] [clean=1000] [sizes=200,1000] [seed=0] [quick=false] [pool=holdout|test]
 
@@ -195,13 +195,15 @@ def write_log(directory: Path, n: int, clean: list[dict], seed: int) -> None:
                    "timestamp": (SINCE + timedelta(seconds=j * step)).isoformat(timespec="microseconds")}
                   for j in range(start, min(n, start + 10_000)))
     log.close()
+    for f in directory.glob("predictions-*.jsonl"):  # the records are of SINCE's day: so is their file's name
+        f.rename(f.with_name(f"predictions-{SINCE:%Y%m%d}-" + f.name.split("-", 2)[2]))
 
 
 def child(n: int, max_records: int, html: bool) -> None:
     """One job run in this (fresh) process: prints a JSON line with its time and peak RSS."""
     import pandas  # noqa: F401  - imported before the baseline, as the job's CLI would have it
 
-    from monitor.__main__ import run_job
+    from monitor.job import run_job
 
     def status(key: str) -> int:  # kB, from /proc/self/status
         return int(next(ln.split()[1] for ln in open("/proc/self/status") if ln.startswith(key)))

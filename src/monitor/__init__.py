@@ -1,4 +1,7 @@
-"""visionops monitoring: Evidently drift jobs on production images (built in a later issue).
+"""visionops monitoring: drift of the production images, from the service's prediction log.
 
-Imports only the shared `visionops` package, never Lightning or the Hydra training code.
+`python -m monitor.reference` builds the reference and calibrates the thresholds; `python -m
+monitor` runs the drift job (`monitor.job`: report, Evidently workspace and dashboard, email);
+`python -m monitor.outbox` sends the emails that wait; `python -m monitor.simulate` sends
+(corrupted) traffic; `python -m monitor.demo` runs the whole loop. Never imports Lightning.
 """

@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -29,11 +29,11 @@ USAGE = "usage: python -m monitor.demo [corruption=gaussian_noise] [severity=4] 
 
 
 def _stamp(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def main() -> None:
-    from monitor.__main__ import run_job
+    from monitor.job import run_job
     from monitor.simulate import main as simulate
 
     try:

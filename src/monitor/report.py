@@ -1,10 +1,11 @@
 """The Evidently report of one window: what a person opens after a drift email.
 
-Sections: data drift of the image statistics (DataDriftPreset), embedding drift (EmbeddingsDrift),
-prediction drift (predicted class and top-1 probability) and data quality (shares of tiny, huge,
-grayscale, near-black and blurred images, window vs reference). Saved as a self-contained
-report.html and added as a run to the local Evidently workspace
-(`evidently ui --workspace monitoring/workspace`).
+Sections: the job's verdict (window, model version, each signal's calibrated score and threshold:
+`monitor.dashboard`), data drift of the image statistics (DataDriftPreset), embedding drift
+(EmbeddingsDrift), prediction drift (predicted class and top-1 probability) and data quality
+(shares of tiny, huge, grayscale, near-black and blurred images, window vs reference). Saved as a
+self-contained report.html and added as a run to the local Evidently workspace, whose project
+dashboard plots the verdicts over time (`evidently ui --workspace monitoring/workspace`).
 
 The verdict does not come from here: Evidently's own tests use fixed p-value thresholds; the
 job's verdict uses the calibrated thresholds of `monitor.drift` (in drift.json and the email).
@@ -58,11 +59,14 @@ def embedding_method(name: str, threshold: float | None = None) -> Any:
 
 def build(reference: Any, current: Any, q: Any, method: str = "mmd", mmd_threshold: float | None = None,
           name: str | None = None, timestamp: datetime | None = None, metadata: dict[str, Any] | None = None,
-          tags: Sequence[str] = ()) -> Any:
-    """Run the Evidently report of `current` (a window of the log) against `reference`; a Snapshot."""
+          tags: Sequence[str] = (), job: dict[str, Any] | None = None) -> Any:
+    """Run the Evidently report of `current` (a window of the log) against `reference`; a Snapshot.
+    `job` (the drift job's result) adds its verdict, scores and thresholds as the first section."""
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import EmbeddingsDrift, MeanValue, RowCount, ValueDrift
     from evidently.presets import DataDriftPreset
+
+    from monitor import dashboard
 
     ref, cur = evidently_frame(reference, q), evidently_frame(current, q)
     emb_cols = [c for c in ref.columns if c.startswith("emb_")]
@@ -73,6 +77,7 @@ def build(reference: Any, current: Any, q: Any, method: str = "mmd", mmd_thresho
         embeddings={EMBEDDINGS_NAME: emb_cols},
     )
     metrics = [
+        *(dashboard.job_metrics(job) if job else []),
         RowCount(),
         DataDriftPreset(columns=list(STAT_COLUMNS)),
         EmbeddingsDrift(embeddings_name=EMBEDDINGS_NAME, drift_method=embedding_method(method, mmd_threshold)),
@@ -85,7 +90,21 @@ def build(reference: Any, current: Any, q: Any, method: str = "mmd", mmd_thresho
         warnings.simplefilter("ignore")  # scipy/pandas warnings on constant columns (8x8 images: width is constant)
         return report.run(current_data=Dataset.from_pandas(cur, data_definition=definition),
                           reference_data=Dataset.from_pandas(ref, data_definition=definition),
+                          additional_data={dashboard.JOB_DATA: dashboard.job_table(job)} if job else None,
                           timestamp=timestamp, name=name)
+
+
+def build_summary(job: dict[str, Any], name: str, timestamp: datetime, metadata: dict[str, Any],
+                  tags: Sequence[str]) -> Any:
+    """A run of the job's numbers alone (no HTML report, or too few records for one): the
+    dashboard's points for this window. A Snapshot."""
+    from evidently import Report
+
+    from monitor import dashboard
+
+    table = dashboard.job_table(job)
+    return Report(dashboard.job_metrics(job), metadata=dict(metadata), tags=list(tags)).run(
+        current_data=table, additional_data={dashboard.JOB_DATA: table}, timestamp=timestamp, name=name)
 
 
 def save_html(snapshot: Any, path: Path) -> Path:
@@ -95,14 +114,18 @@ def save_html(snapshot: Any, path: Path) -> Path:
     return path
 
 
-def add_to_workspace(snapshot: Any, workspace: str | Path, project: str, name: str) -> str:
-    """Add the snapshot to the local workspace's project (created if missing), replacing an earlier
-    run of the same window. Returns the snapshot's id."""
+def add_to_workspace(snapshot: Any, workspace: str | Path, project: str, name: str) -> tuple[str, str]:
+    """Add the snapshot to the local workspace's project (created if missing, with the drift
+    panels on its dashboard), replacing an earlier run of the same window. Returns the project's
+    and the run's ids (the Evidently UI shows the run at /projects/<project>/reports/<run>)."""
     from evidently.ui.workspace import Workspace
+
+    from monitor import dashboard
 
     ws = Workspace.create(str(workspace))
     found = ws.search_project(project)
     proj = found[0] if found else ws.create_project(project, description="visionops production drift")
+    dashboard.ensure_panels(ws, proj.id)
     for run_id in ws.list_runs(proj.id):
         try:
             old = ws.get_run(proj.id, run_id)
@@ -111,4 +134,4 @@ def add_to_workspace(snapshot: Any, workspace: str | Path, project: str, name: s
         if old is not None and old.name == name:
             ws.delete_run(proj.id, run_id)
     ref = ws.add_run(proj.id, snapshot, name=name)
-    return str(ref.id)
+    return str(proj.id), str(ref.id)

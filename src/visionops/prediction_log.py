@@ -9,11 +9,13 @@ pandas table for a time window.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -62,22 +64,95 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
-def read_log(directory: str | os.PathLike, since: datetime | None = None, until: datetime | None = None):
-    """All records in [since, until) as a pandas DataFrame (empty when there are none)."""
+LOG_PATTERN = "predictions-*.jsonl"
+_DAY = re.compile(r"^predictions-(\d{8})-")
+# How long before its file's day a record can be stamped (a request answered just before
+# midnight is written just after it); generous, it only widens which files are opened.
+_WRITE_DELAY = timedelta(hours=1)
+
+
+@dataclass
+class LogWindow:
+    """What `scan_log` read: the window's records, the files opened and the lines skipped."""
+
+    records: Any  # a pandas DataFrame, sorted by timestamp
+    files: list[Path]
+    damaged: list[tuple[Path, int]]  # (file, 1-based line number) of each damaged line
+
+    def damaged_lines(self) -> list[str]:
+        """`file:line` of each damaged line, as an editor or `sed -n Np` takes it."""
+        return [f"{path}:{number}" for path, number in self.damaged]
+
+
+def log_files(directory: str | os.PathLike, since: datetime | None = None,
+              until: datetime | None = None) -> list[Path]:
+    """The log files that can hold records of [since, until), chosen by the UTC day in their names.
+
+    A record is stamped when its prediction is made and written just after, into the file of the
+    day it is written: a file of day D holds records from shortly before D 00:00 up to D+1 00:00.
+    A file whose name carries no day is always read.
+    """
+    files = []
+    for path in sorted(Path(directory).glob(LOG_PATTERN)):
+        day = _file_day(path.name)
+        if day is not None and since is not None and day + timedelta(days=1) <= since:
+            continue
+        if day is not None and until is not None and day - _WRITE_DELAY >= until:
+            continue
+        files.append(path)
+    return files
+
+
+def scan_log(directory: str | os.PathLike, since: datetime | None = None, until: datetime | None = None) -> LogWindow:
+    """The records in [since, until) of the files that overlap the window, skipping damaged lines.
+
+    A damaged line (a record torn by a failed write, or anything that is not a JSON object with an
+    ISO 8601 `timestamp`) is counted and named, never fatal: one bad line must not hide a day of
+    traffic from the monitor. Timestamps without an offset are UTC. OSError if a file cannot be read.
+    """
     import pandas as pd
 
-    files = sorted(Path(directory).glob("predictions-*.jsonl"))
-    frames = []
-    for f in files:
-        if f.stat().st_size == 0:
-            continue
-        frames.append(pd.read_json(f, lines=True, convert_dates=False, dtype=False))
-    if not frames:
-        return pd.DataFrame()
-    df = pd.concat(frames, ignore_index=True)
-    df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, format="ISO8601")
-    if since is not None:
-        df = df[df["timestamp"] >= pd.Timestamp(since)]
-    if until is not None:
-        df = df[df["timestamp"] < pd.Timestamp(until)]
-    return df.sort_values(["timestamp", "request_id"]).reset_index(drop=True)
+    since, until = _utc(since), _utc(until)
+    files = log_files(directory, since, until)
+    records: list[dict[str, Any]] = []
+    damaged: list[tuple[Path, int]] = []
+    for path in files:
+        with open(path, "rb") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = orjson.loads(line)
+                    stamp = _utc(datetime.fromisoformat(record["timestamp"]))
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    damaged.append((path, number))
+                    continue
+                if (since is None or stamp >= since) and (until is None or stamp < until):
+                    records.append(record)
+    df = pd.DataFrame(records)
+    if len(df):
+        df["timestamp"] = pd.to_datetime(df["timestamp"], utc=True, format="ISO8601")
+        df = df.sort_values([c for c in ("timestamp", "request_id") if c in df.columns]).reset_index(drop=True)
+    return LogWindow(df, files, damaged)
+
+
+def read_log(directory: str | os.PathLike, since: datetime | None = None, until: datetime | None = None):
+    """All records in [since, until) as a pandas DataFrame (empty when there are none); damaged
+    lines are skipped (`scan_log` names them)."""
+    return scan_log(directory, since, until).records
+
+
+def _file_day(name: str) -> datetime | None:
+    match = _DAY.match(name)
+    if not match:
+        return None
+    try:
+        return datetime.strptime(match.group(1), "%Y%m%d").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    if dt is None:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)

@@ -78,11 +78,14 @@ def test_images(champion) -> list[bytes]:
 
 
 def _write_window(rt, log_dir: Path, images: list[bytes], corruption: str = "none", severity: int = 5,
-                  keep_every: int = 4, version: str | None = None) -> Path:
-    """Serve `images` in-process exactly like the service does and log them inside the window."""
+                  keep_every: int = 4, version: str | None = None, start: datetime = START) -> Path:
+    """Serve `images` in-process exactly like the service does and log them inside the window that
+    begins at `start`, in the file the service would have written that day."""
     from monitor.corruptions import corrupt_bytes
     from visionops.prediction_log import PredictionLog
 
+    log_dir.mkdir(parents=True, exist_ok=True)
+    before = set(log_dir.glob("predictions-*.jsonl"))
     log = PredictionLog(log_dir)
     records = []
     for i, raw in enumerate(images):
@@ -90,20 +93,28 @@ def _write_window(rt, log_dir: Path, images: list[bytes], corruption: str = "non
         x, stats = rt.prepare(data)
         logits, emb = rt.infer(x)
         preds, probs = rt.predictions(logits)
-        rec = rt.record(f"req-{i:05d}", stats, emb[0], preds[0], probs[0])
-        rec["timestamp"] = (START + timedelta(seconds=5 * i)).isoformat()
+        rec = rt.record(f"req-{start:%H%M}-{i:05d}", stats, emb[0], preds[0], probs[0])
+        rec["timestamp"] = (start + timedelta(seconds=5 * i)).isoformat()
         if version is not None:
             rec["model_version"] = version
         if keep_every and i % keep_every == 0:
-            path = log_dir / "images" / f"req-{i:05d}.png"
+            path = log_dir / "images" / f"req-{start:%H%M}-{i:05d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             rec["image_path"] = str(path)
         records.append(rec)
     # one record outside the window, which the job must ignore
-    records.append({**records[0], "request_id": "late", "timestamp": (START + timedelta(hours=2)).isoformat()})
+    records.append({**records[0], "request_id": f"late-{start:%H%M}", "timestamp": (start + timedelta(hours=2)).isoformat()})
     log.write(records)
     log.close()
+    # The writer names its file by today's date; these records are of `start`'s day.
+    for f in set(log_dir.glob("predictions-*.jsonl")) - before:
+        day_file = f.with_name(f"predictions-{start:%Y%m%d}-" + f.name.split("-", 2)[2])
+        if day_file == f:
+            continue
+        with open(day_file, "ab") as out:  # the same process may already have logged that day
+            out.write(f.read_bytes())
+        f.unlink()
     return log_dir
 
 
@@ -149,7 +160,7 @@ def test_reference_is_what_serving_computes_and_thresholds_are_calibrated(refere
 
 
 def test_clean_window_raises_no_alarm(champion, reference, clean_log, tmp_path):
-    from monitor.__main__ import run_job
+    from monitor.job import run_job
 
     res = run_job(_cfg(champion, tmp_path, [f"monitor.log_dir={clean_log}", *WINDOW, "monitor.html_report=false",
                                             "monitor.email.on=drift"]))
@@ -163,7 +174,7 @@ def test_clean_window_raises_no_alarm(champion, reference, clean_log, tmp_path):
 @pytest.mark.parametrize("corruption", ["gaussian_noise", "brightness"])
 def test_strong_corruption_is_detected_deterministically(champion, reference, runtime, test_images, noisy_log,
                                                          corruption, tmp_path):
-    from monitor.__main__ import run_job
+    from monitor.job import run_job
 
     log_dir = noisy_log if corruption == "gaussian_noise" else \
         _write_window(runtime, tmp_path / "log", test_images, corruption, 5)
@@ -198,66 +209,234 @@ def test_too_few_records_is_insufficient_data_and_exits_0(champion, reference, r
     assert not (tmp_path / "reports" / WINDOW_NAME / "report.html").exists()
 
 
+def test_a_torn_line_is_skipped_and_named_and_the_job_still_gives_a_verdict(champion, reference, runtime, test_images,
+                                                                           tmp_path):
+    log_dir = _write_window(runtime, tmp_path / "log", test_images[:80])
+    path, = log_dir.glob("predictions-*.jsonl")
+    lines = path.read_bytes().splitlines(keepends=True)
+    # What a failed write (full disk) left before the writer was fixed: half a record, then the
+    # next record glued onto it. Both are lost; the other 78 must still be monitored.
+    path.write_bytes(b"".join([*lines[:30], lines[30][: len(lines[30]) // 2], *lines[31:]]))
+    (log_dir / "predictions-20251201-otherhost-7.jsonl").write_bytes(b"not a record\n")  # another day: not opened
+    params = _params(_cfg(champion, tmp_path, [f"monitor.log_dir={log_dir}", "monitor.html_report=false"]),
+                     tmp_path / "params.yaml")
+    r = run_cli(["-m", "monitor", "--params", str(params), *WINDOW])
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "reports" / WINDOW_NAME / "drift.json").read_text())
+    assert res["verdict"] != "insufficient data" and res["signals"], res
+    assert res["records"]["in_window"] == 78 and res["records"]["damaged_lines"] == 1
+    assert res["log"]["damaged_lines"] == [f"{path}:31"] and res["log"]["files"] == [path.name]
+    assert "skipped 1 damaged line" in r.stderr and f"{path}:31" in r.stderr
+    assert "1 damaged line skipped" in r.stdout
+
+
 def test_log_of_another_model_version_fails_clearly(champion, reference, runtime, test_images, tmp_path):
-    from monitor.__main__ import run_job
     from monitor.drift import MonitorError
+    from monitor.job import run_job
 
     log_dir = _write_window(runtime, tmp_path / "log", test_images[:60], version="2")
     with pytest.raises(MonitorError, match=r"calibrated for visionops-digits v1.*monitor.reference"):
         run_job(_cfg(champion, tmp_path, [f"monitor.log_dir={log_dir}", *WINDOW, "monitor.html_report=false"]))
 
 
-def test_drift_email_arrives_with_table_and_the_report_attached(champion, reference, noisy_log, tmp_path):
-    from aiosmtpd.controller import Controller
+class _Inbox:
+    """A real SMTP server (aiosmtpd on 127.0.0.1) that keeps what it receives."""
 
-    from monitor.__main__ import run_job
+    def __init__(self, port: int):
+        from aiosmtpd.controller import Controller
 
-    class Inbox:
-        def __init__(self):
-            self.messages: list[tuple[list[str], bytes]] = []
+        self.messages: list[tuple[list[str], bytes]] = []
+        self.controller = Controller(self, hostname="127.0.0.1", port=port)
 
-        async def handle_DATA(self, server, session, envelope):
-            self.messages.append((list(envelope.rcpt_tos), envelope.content))
-            return "250 OK"
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
 
-    inbox = Inbox()
+    def __enter__(self):
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.controller.stop()
+
+
+CLEAN_WINDOW = ["monitor.since=2025-12-31T23:00:00Z", "monitor.until=2026-01-01T00:30:00Z"]
+UI_URL = "http://monitor.example:8000"
+
+
+@pytest.fixture(scope="module")
+def drift_runs(champion, reference, clean_log, noisy_log, tmp_path_factory) -> dict:
+    """Two windows into one Evidently workspace: a clean one without an HTML report, then a noisy
+    one with the full report and its email delivered to a real SMTP server."""
+    from monitor.job import run_job
+
+    tmp = tmp_path_factory.mktemp("runs")
     port = launch.free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        res = run_job(_cfg(champion, tmp_path, [
+    clean = run_job(_cfg(champion, tmp, [f"monitor.log_dir={clean_log}", *CLEAN_WINDOW, "monitor.html_report=false"]))
+    with _Inbox(port) as inbox:
+        noisy = run_job(_cfg(champion, tmp, [
             f"monitor.log_dir={noisy_log}", *WINDOW, "monitor.email.smtp_host=127.0.0.1", f"monitor.email.smtp_port={port}",
-            "monitor.email.to=[ops@example.com]", "monitor.email.attach_max_bytes=50000000"]))
-    finally:
-        controller.stop()
+            "monitor.email.to=[ops@example.com]", f"monitor.ui_url={UI_URL}"]))
+    return {"tmp": tmp, "clean": clean, "noisy": noisy, "messages": inbox.messages}
+
+
+def _rendered_widths(msg) -> tuple[int, int, list[str]]:
+    """What a 600 px reading pane has to fit, from the markup: the widest fixed width of any element
+    and of any table row (images at their intrinsic size unless a width is given), and the <pre>
+    blocks' styles (a <pre> that does not wrap is as wide as its longest line)."""
+    import io
+    import re
+    from html.parser import HTMLParser
+
+    from PIL import Image
+
+    sizes = {p["Content-ID"].strip("<>"): Image.open(io.BytesIO(p.get_payload(decode=True))).width
+             for p in msg.walk() if p.get_content_type() == "image/png"}
+
+    class Widths(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.widest, self.widest_row, self.row, self.cell, self.pres = 0, 0, None, 0, []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            style = a.get("style") or ""
+            px = [int(v) for v in re.findall(r"(?<![-\w])width:\s*(\d+)px", style)]
+            if a.get("width", "").isdigit():
+                px.append(int(a["width"]))
+            elif tag == "img" and a.get("src", "").startswith("cid:"):
+                px.append(sizes[a["src"][4:]])
+            width = max(px, default=0)
+            self.widest = max(self.widest, width)
+            if tag == "tr":
+                self.row = 0
+            elif tag == "td":
+                self.cell = 8  # its padding
+            if self.row is not None and tag != "td":
+                self.cell = max(self.cell, width + 8)
+            if tag == "pre":
+                self.pres.append(style)
+
+        def handle_endtag(self, tag):
+            if tag == "td" and self.row is not None:
+                self.row += self.cell
+            elif tag == "tr" and self.row is not None:
+                self.widest_row, self.row = max(self.widest_row, self.row), None
+
+    parser = Widths()
+    parser.feed(msg.get_body(("html",)).get_content())
+    return parser.widest, parser.widest_row, parser.pres
+
+
+def test_drift_email_is_small_readable_at_600px_and_explains_itself(drift_runs):
+    res = drift_runs["noisy"]
     assert res["drift_detected"]
-    (rcpt, raw), = inbox.messages
+    (rcpt, raw), = drift_runs["messages"]
     assert rcpt == ["ops@example.com"]
+    assert len(raw) < 300_000, f"{len(raw)} bytes"  # a mailbox takes it (was ~6 MB with the report attached)
     msg = email.message_from_bytes(raw, policy=policy.default)
-    assert "v1" in msg["Subject"] and "DRIFT DETECTED" in msg["Subject"]
+    assert msg["To"] == "ops@example.com" and "v1" in msg["Subject"] and "DRIFT DETECTED" in msg["Subject"]
     body = msg.get_body(("html",)).get_content()
-    assert "<table" in body and "image statistics" in body and "drift" in body and "dvc exp run" in body
+    assert "<table" in body and "image statistics" in body and "dvc exp run" in body
     inline = [p for p in msg.walk() if p.get_content_type() == "image/png"]
-    assert len(inline) >= 2  # the plot and thumbnails of kept images
-    assert all(f"cid:{p['Content-ID'].strip('<>')}" in body for p in inline)
-    attachment, = [p for p in msg.iter_attachments() if p.get_filename() == "report.html"]
+    assert len(inline) >= 2 and all(f"cid:{p['Content-ID'].strip('<>')}" in body for p in inline)
+    # the thumbnails' captions say what the numbers are
+    assert "predicted <b>" in body and "confidence 0." in body and "top-1 probability" in body
+    assert "above its threshold" in body
+    widest, widest_row, pres = _rendered_widths(msg)
+    assert widest <= 600 and widest_row <= 600, (widest, widest_row)
+    assert pres and all("white-space:pre-wrap" in s for s in pres)
+    # the job's result attached; the several-MB report linked (in the Evidently UI) and on disk
+    attachment, = msg.iter_attachments()
+    assert attachment.get_filename() == "drift.json" and json.loads(attachment.get_content()) == res
     report = Path(res["report"])
-    assert report == tmp_path / "reports" / WINDOW_NAME / "report.html"
-    assert attachment.get_payload(decode=True) == report.read_bytes()
-    html = report.read_bytes()
-    assert all(s in html for s in (b"Drift in embeddings", b"img_emb", b"predicted_label", b"tiny_image"))
-    # the run is in the Evidently workspace
-    assert list((tmp_path / "workspace").rglob("snapshots/*.json"))
+    assert report == drift_runs["tmp"] / "reports" / WINDOW_NAME / "report.html" and report.stat().st_size > 1_000_000
+    assert str(report) in body and f"{UI_URL}/projects/" in body
 
 
-def test_unreachable_mail_server_retries_then_fails_with_the_report_saved(champion, reference, noisy_log, tmp_path):
+def test_the_email_fits_600px_in_a_browser(drift_runs, tmp_path):
+    """Headless Chromium lays the HTML body out 600 px wide: nothing sticks out sideways."""
+    import base64
+    import re
+    import shutil
+    import subprocess
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("needs Debian's chromium (apt-get install -y chromium) to lay the email out")
+    msg = email.message_from_bytes(drift_runs["messages"][0][1], policy=policy.default)
+    page = msg.get_body(("html",)).get_content()
+    for p in msg.walk():
+        if p.get_content_type() == "image/png":
+            uri = "data:image/png;base64," + base64.b64encode(p.get_payload(decode=True)).decode()
+            page = page.replace(f"cid:{p['Content-ID'].strip('<>')}", uri)
+    page = page.replace("</body>", "<script>window.onload = () => document.body.setAttribute("
+                        "'data-scroll-width', document.documentElement.scrollWidth)</script></body>")
+    (tmp_path / "email.html").write_text(page)
+    out = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+                          "--window-size=600,2000", "--virtual-time-budget=5000", "--dump-dom",
+                          (tmp_path / "email.html").as_uri()], check=False, capture_output=True, text=True,
+                         timeout=120)
+    width = re.search(r'data-scroll-width="(\d+)"', out.stdout)
+    assert width, out.stderr[-2000:]
+    assert int(width.group(1)) <= 600
+
+
+def test_evidently_ui_plots_every_windows_scores_against_thresholds(drift_runs, tmp_path):
+    import httpx
+
+    from monitor.dashboard import ensure_panels
+    from monitor.drift import DESCRIPTIONS, SIGNALS
+
+    ws_dir = drift_runs["tmp"] / "workspace"
+    clean, noisy = drift_runs["clean"], drift_runs["noisy"]
+    port = launch.free_port()
+    proc = launch.start([launch.BIN.joinpath("evidently").as_posix(), "ui", "--workspace", str(ws_dir),
+                         "--host", "127.0.0.1", "--port", str(port)], f"http://127.0.0.1:{port}/api/version",
+                        tmp_path / "evidently.log")
+    try:
+        api = f"http://127.0.0.1:{port}/api"
+        project, = [p for p in httpx.get(f"{api}/projects").json() if p["name"] == "visionops"]
+        dashboard = httpx.get(f"{api}/v2/dashboards/{project['id']}").json()
+        titles = [p["title"] for p in dashboard["panels"]]
+        series = {}
+        for panel in dashboard["panels"]:  # what the page asks for, panel by panel
+            body = {"series_filter": [{"metric": v["metric"], "tags": v["tags"], "metadata": v["metadata"],
+                                       "metric_labels": v["metric_labels"]} for v in panel["values"]]}
+            r = httpx.post(f"{api}/v2/snapshots/{project['id']}/data_series_batch", json=body, timeout=30)
+            assert r.status_code in (200, 201), r.text
+            data = r.json()
+            assert [s["metadata"]["window"] for s in data["sources"]] == [clean["window"]["name"], WINDOW_NAME]
+            series.update({(panel["title"], s["params"]["key"]): s["values"] for s in data["series"]})
+    finally:
+        launch.stop(proc)
+    assert titles[:3] == ["Verdict per window", "Records per window", "All signals: score / threshold"]
+    assert len(titles) == 7  # two runs, one set of panels
+    assert series[("Verdict per window", "drift")] == [0.0, 1.0]
+    assert series[("Records per window", "records/used")] == [200.0, 200.0]
+    for s in SIGNALS:  # each signal's panel: its score in both windows, against its calibrated threshold
+        scores, thresholds = ([run["signals"][s][k] for run in (clean, noisy)] for k in ("score", "threshold"))
+        assert series[(DESCRIPTIONS[s], f"{s}/score")] == pytest.approx(scores)
+        assert series[(DESCRIPTIONS[s], f"{s}/threshold")] == pytest.approx(thresholds)
+    # creating the panels again changes nothing
+    from evidently.ui.workspace import Workspace
+
+    assert ensure_panels(Workspace.create(str(ws_dir)), project["id"]) is False
+    # the report itself says which window, model version and verdict it belongs to
+    html = Path(noisy["report"]).read_text()
+    assert "2026-01-01T00:00:00Z to 2026-01-01T01:00:00Z" in html and "visionops-digits v1" in html
+    assert '"value": "drift detected", "label": "verdict"' in html
+
+
+def test_unreachable_mail_server_keeps_the_message_and_the_outbox_sends_it_later(champion, reference, noisy_log,
+                                                                                   tmp_path):
     port = launch.free_port()  # nothing listens there
-    params = _params(_cfg(champion, tmp_path, [f"monitor.log_dir={noisy_log}", "monitor.workspace=null"]),
+    params = _params(_cfg(champion, tmp_path, [f"monitor.log_dir={noisy_log}", "monitor.workspace=null",
+                                               "monitor.email.smtp_host=127.0.0.1", f"monitor.email.smtp_port={port}",
+                                               "monitor.email.to=[ops@example.com]", "monitor.email.retries=2",
+                                               "monitor.email.backoff_s=0.05", "monitor.email.timeout_s=2"]),
                      tmp_path / "params.yaml")
-    r = run_cli(["-m", "monitor", "--params", str(params), *WINDOW, "monitor.email.smtp_host=127.0.0.1",
-                 f"monitor.email.smtp_port={port}", "monitor.email.to=[ops@example.com]", "monitor.email.retries=2",
-                 "monitor.email.backoff_s=0.05", "monitor.email.timeout_s=2"],
-                env={"VISIONOPS_SMTP_PASSWORD": "not-used"})
+    r = run_cli(["-m", "monitor", "--params", str(params), *WINDOW], env={"VISIONOPS_SMTP_PASSWORD": "not-used"})
     assert r.returncode != 0
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
@@ -266,9 +445,20 @@ def test_unreachable_mail_server_retries_then_fails_with_the_report_saved(champi
     out = tmp_path / "reports" / WINDOW_NAME
     assert (out / "report.html").stat().st_size > 100_000 and str(out / "report.html") in errors[0]
     assert json.loads((out / "drift.json").read_text())["drift_detected"] is True
+    # the message waits in the outbox ...
+    waiting, = (tmp_path / "outbox" / "pending").glob("*.eml")
+    assert str(waiting) in errors[0] and "python -m monitor.outbox" in errors[0]
+    # ... and is delivered once the server is back
+    with _Inbox(port) as inbox:
+        r = run_cli(["-m", "monitor.outbox", "--params", str(params)])
+    assert r.returncode == 0, r.stderr[-3000:]
+    (rcpt, raw), = inbox.messages
+    assert rcpt == ["ops@example.com"] and b"DRIFT DETECTED" in raw
+    assert not waiting.exists() and list((tmp_path / "outbox" / "sent").glob("*.eml"))
+    assert "1 message(s) sent, none waiting" in r.stdout
 
 
-def test_oversized_report_is_not_attached(tmp_path):
+def test_oversized_report_is_linked_not_attached(tmp_path):
     from monitor.emailer import compose
 
     report = tmp_path / "report.html"
@@ -277,9 +467,12 @@ def test_oversized_report_is_not_attached(tmp_path):
               "window": {"since": "a", "until": "b"}, "records": {"used": 60, "in_window": 60, "reference": 100},
               "signals": None}
     msg = compose(result, "from@x", ["to@x"], report, attach_max_bytes=1000)
-    assert not list(msg.iter_attachments())
+    assert [a.get_filename() for a in msg.iter_attachments()] == ["drift.json"]
     assert str(report.resolve()) in msg.get_body(("html",)).get_content()
-    assert "m v3" in msg["Subject"]
+    assert "m v3" in msg["Subject"] and msg["To"] == "to@x"
+    small = compose(result, "from@x", [], report, attach_max_bytes=10_000)
+    assert [a.get_filename() for a in small.iter_attachments()] == ["drift.json", "report.html"]
+    assert small["To"] == "undisclosed-recipients:;"
 
 
 def test_corruptions_are_deterministic_and_keep_the_image_kind():
@@ -328,8 +521,8 @@ def test_simulator_sends_corrupted_pngs_and_counts_statuses(digits_small, tmp_pa
 
 
 def test_window_is_named_from_since_and_until():
-    from monitor.__main__ import resolve_window
     from monitor.drift import MonitorError
+    from monitor.window import resolve_window
 
     m = OmegaConf.create({"since": "2026-01-01T00:00:00Z", "until": "2026-01-02T00:00:00", "last": "24h"})
     since, until, name = resolve_window(m)
