@@ -1,9 +1,14 @@
 """The HTTP layer's own parts, without a server: the multipart parser the lean path uses, the
-fixed BentoML request timeout, and how many server processes a machine gets."""
+fixes to BentoML (pinned to the code they patch), the API key check, error bodies, and how many
+server processes a machine gets."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
+import inspect
+import logging
 from unittest import mock
 
 import pytest
@@ -126,3 +131,116 @@ def test_server_processes_follow_the_machine():
                     return_value=["CUDAExecutionProvider", "CPUExecutionProvider"]), \
             mock.patch("os.cpu_count", return_value=8):
         assert Settings(workers=0).server_workers() == 1
+
+
+# The source of each piece of BentoML 1.4.39 that serve.bentoml_fixes replaces or relies on.
+PINNED = {
+    "TimeoutMiddleware.__call__": "fd8b9e3da28ed2b4",
+    "RunnerTrafficMetricsMiddleware.__call__": "b7dc25ae0208d7b2",
+    "ServiceAppFactory.api_endpoint_wrapper": "18842e99e6086c0f",
+    "http_app.log_exception": "8e37ab2b4433dff1",
+}
+
+
+def test_bentoml_code_under_the_fixes_is_unchanged():
+    from serve import bentoml_fixes
+
+    got = {name: hashlib.sha256(inspect.getsource(f).encode()).hexdigest()[:16]
+           for name, f in bentoml_fixes.PATCHED.items()}
+    assert got == PINNED, ("BentoML changed code that serve/bentoml_fixes.py patches: check each fix against "
+                           "the new code, then update PINNED")
+
+
+def test_unknown_paths_share_one_metric_label():
+    from bentoml._internal.context import server_context
+
+    from serve import bentoml_fixes
+
+    bentoml_fixes._known_paths.cache_clear()
+    with mock.patch.object(server_context, "service_routes", ["/classify", "/embed"]):
+        labels = {bentoml_fixes.metric_label(p) for p in
+                  ["/classify", "/embed", "/readyz", "/", "/docs.json"] + [f"/scan/{i}" for i in range(500)]
+                  + [f"/static_content/{i}.js" for i in range(50)]}
+    bentoml_fixes._known_paths.cache_clear()
+    assert labels == {"/classify", "/embed", "/readyz", "/", "/docs.json", bentoml_fixes.UNKNOWN_PATH,
+                      "/static_content"}
+
+
+def test_client_errors_in_bentoml_routes_are_one_line():
+    from bentoml.exceptions import InternalServerError, InvalidArgument
+    from pydantic import BaseModel, ValidationError
+
+    from serve.bentoml_fixes import ClientErrorsInOneLine
+
+    class Input(BaseModel):
+        x: int
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        try:
+            raise exc
+        except BaseException as e:  # noqa: BLE001
+            rec = logging.LogRecord("bentoml", logging.ERROR, __file__, 1, "Exception on %s [%s]", ("/m", "POST"),
+                                    (type(e), e, e.__traceback__))
+        assert ClientErrorsInOneLine().filter(rec)
+        return rec
+
+    try:
+        Input.model_validate_json(b"{")
+    except ValidationError as exc:
+        bad_json = record(exc)
+    assert bad_json.levelno == logging.INFO and bad_json.exc_info is None
+    assert bad_json.getMessage().startswith("Exception on /m [POST]: 1 validation error")
+    assert record(InvalidArgument("no")).exc_info is None
+    server = record(InternalServerError("boom"))
+    assert server.levelno == logging.ERROR and server.exc_info is not None, "server errors keep their traceback"
+
+
+@pytest.mark.parametrize("body, status, error", [
+    (b"Not Found", 404, "Not Found"),
+    (b'[{"error": "70 images"}]', 400, "70 images"),
+    (b'{"error": "kept", "detail": []}', 400, "kept"),
+    (b"", 405, "Method Not Allowed"),
+])
+def test_error_bodies_become_objects_with_error(body, status, error):
+    import orjson
+
+    from serve.service import error_body
+
+    assert orjson.loads(error_body(body, status))["error"] == error
+
+
+def _gate_answer(gate, headers: list[tuple[bytes, bytes]], path: str = "/metadata") -> int:
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": path, "headers": headers}
+    asyncio.run(gate(scope, receive, send))
+    return sent[0]["status"]
+
+
+def test_api_key_is_compared_in_constant_time():
+    from serve.service import Gatekeeper
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    gate = Gatekeeper(app, Settings(api_key="s3cret"))
+    with mock.patch.object(hmac, "compare_digest", wraps=hmac.compare_digest) as compare:
+        assert _gate_answer(gate, [(b"authorization", b"Bearer s3cret")]) == 200
+        assert _gate_answer(gate, [(b"authorization", b"Bearer s3cre")]) == 401
+        assert _gate_answer(gate, []) == 401
+    # Every check went through hmac.compare_digest, whose time does not depend on where the
+    # first wrong byte is (a plain == stops there, and a timing attacker learns the key bytewise).
+    assert compare.call_count == 3
+    assert all(call.args[1] == b"Bearer s3cret" for call in compare.call_args_list)
+
+
+def test_body_timeout_must_be_inside_the_request_timeout():
+    with pytest.raises(ValueError, match="VISIONOPS_BODY_TIMEOUT_S=45 must be above 0 and below"):
+        Settings(body_timeout_s=45)
