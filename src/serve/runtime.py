@@ -25,8 +25,6 @@ from visionops.preprocess import preprocess
 log = logging.getLogger("visionops.serve")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-REQUEST_ID_RULE = "1 to 128 characters from A-Z, a-z, 0-9, '.', '_' and '-'"
 
 
 class ModelRuntime:
@@ -140,19 +138,4 @@ class ModelRuntime:
                 "data_version": b.data_version, "metrics": b.metrics}
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex
-
-
-def request_id(header: str | None) -> str:
-    """The request's id: the client's `x-request-id` when it keeps to REQUEST_ID_RULE, a new one
-    when absent. ValueError naming the rule otherwise (the id names files and log lines)."""
-    if not header:
-        return new_request_id()
-    if not _REQUEST_ID.fullmatch(header):
-        shown = header if len(header) <= 40 else f"{header[:40]}... ({len(header)} characters)"
-        raise ValueError(f"x-request-id {shown!r} is not allowed: send {REQUEST_ID_RULE}, or none to get a new id")
-    return header
-
-
-__all__ = ["ImageDecodeError", "ModelRuntime", "PredictionLogError", "new_request_id", "request_id"]
+__all__ = ["ImageDecodeError", "ModelRuntime", "PredictionLogError"]

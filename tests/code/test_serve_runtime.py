@@ -165,7 +165,7 @@ def test_kept_images_are_never_overwritten(model_dir, tmp_path):
 
 
 def test_request_ids_keep_to_their_rule():
-    from serve.runtime import request_id
+    from serve.inputs import request_id
 
     assert request_id("req-1.a_B") == "req-1.a_B" and request_id("x" * 128) == "x" * 128
     assert len(request_id(None)) == 32 and request_id("") != request_id("")

@@ -272,6 +272,36 @@ def test_every_error_body_is_an_object_with_error(server, digits_small):
     assert "Traceback" not in server.log.read_text()
 
 
+def test_random_and_mangled_bodies_never_get_a_5xx(server, digits_small):
+    """The gate's own multipart parser, fuzzed through the real server: 4xx (or a 200 when the
+    mangling left a valid image), never a 5xx, and the server keeps serving."""
+    import random
+
+    rng = random.Random(0)
+    good = _images(digits_small, 1)[0].read_bytes()
+    valid = (b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n"
+             b"Content-Type: image/png\r\n\r\n" + good + b"\r\n--XyZ--\r\n")
+    statuses = []
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        for i in range(300):
+            body = bytearray(valid)
+            for _ in range(rng.randint(1, 4)):
+                at = rng.randrange(len(body))
+                if rng.random() < 0.5:
+                    body[at] = rng.randrange(256)
+                else:
+                    del body[at : at + rng.randint(1, 30)]
+            if i % 10 == 0:
+                body = bytearray(rng.randbytes(rng.randint(0, 2000)))
+            path = rng.choice(["/classify", "/classify_batch", "/embed"])
+            r = client.post(path, content=bytes(body), headers={"content-type": "multipart/form-data; boundary=XyZ"})
+            statuses.append(r.status_code)
+            assert r.status_code < 500, (path, bytes(body)[:200], r.status_code, r.text)
+            assert isinstance(r.json(), list if r.status_code == 200 and path == "/classify_batch" else dict)
+    assert statuses.count(400) > 200
+    assert httpx.post(server.url + "/classify", files={"image": ("a.png", good)}).status_code == 200
+
+
 def test_unknown_paths_do_not_grow_metrics(server):
     before = len(httpx.get(server.url + "/metrics").text)
     with httpx.Client(base_url=server.url) as client:
