@@ -305,10 +305,10 @@ def test_random_and_mangled_bodies_never_get_a_5xx(server, digits_small):
 def test_unknown_paths_do_not_grow_metrics(server):
     before = len(httpx.get(server.url + "/metrics").text)
     with httpx.Client(base_url=server.url) as client:
-        for i in range(2000):
+        for i in range(500):
             assert client.get(f"/scan/{i}").status_code == 404
     metrics = httpx.get(server.url + "/metrics").text
-    # BentoML labelled every raw path: 2,000 new series of each metric (83 KB -> 7.5 MB).
+    # BentoML labelled every raw path: 500 new series of each metric (~1.9 MB; 2,000 made 7.5 MB).
     assert len(metrics) - before < 20_000, len(metrics) - before
     assert "/scan/" not in metrics
     assert any('endpoint="/{unknown}"' in line and 'http_response_code="404"' in line
