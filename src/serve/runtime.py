@@ -19,7 +19,7 @@ from visionops.images import ImageDecodeError, decode_with_info
 from visionops.imagestats import image_stats
 from visionops.model_store import fetch
 from visionops.onnx_runtime import OnnxModel, available_providers, softmax, top_k
-from visionops.prediction_log import PredictionLog, now_iso
+from visionops.prediction_log import PredictionLog, PredictionLogError, now_iso
 from visionops.preprocess import preprocess
 
 log = logging.getLogger("visionops.serve")
@@ -90,13 +90,46 @@ class ModelRuntime:
             "probabilities": np.round(np.asarray(probs, np.float64), 6).tolist(), "image_path": None,
         }
         if self.images_dir is not None and data is not None and random.random() < self.settings.keep_images:
-            self.images_dir.mkdir(parents=True, exist_ok=True)
-            # The id and the suffix come from the client: keep them to a safe file name.
-            name = _UNSAFE.sub("_", request_id)[:128]
-            path = self.images_dir / f"{name}{suffix if _SUFFIX.fullmatch(suffix) else '.img'}"
-            path.write_bytes(data)
-            rec["image_path"] = str(path)
+            rec["image_path"] = str(self._keep(request_id, data, suffix))
         return rec
+
+    def _keep(self, request_id: str, data: bytes, suffix: str) -> Path:
+        """Write a kept image under a name no other request can take: the id and the suffix come
+        from the client (kept to safe characters), the random part from the server, and the file
+        is created exclusively. PredictionLogError (no partial file left) if it cannot be written."""
+        assert self.images_dir is not None
+        name = f"{_UNSAFE.sub('_', request_id)[:128]}-{uuid.uuid4().hex[:16]}"
+        path = self.images_dir / f"{name}{suffix if _SUFFIX.fullmatch(suffix) else '.img'}"
+        try:
+            self.images_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except OSError as exc:
+            raise PredictionLogError(f"cannot keep the image in {self.images_dir}: {exc.strerror}") from exc
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise PredictionLogError(f"cannot keep the image in {self.images_dir}: {exc.strerror}") from exc
+        return path
+
+    def log(self, records: list[dict[str, Any]]) -> None:
+        """Append served predictions to the production log, whole or not at all: on a
+        PredictionLogError the records' kept images are removed too, and the caller refuses the
+        request (a 503), so an answered request always has its record."""
+        if self.prediction_log is None:
+            return
+        try:
+            self.prediction_log.write(records)
+        except PredictionLogError:
+            for rec in records:
+                if rec.get("image_path"):
+                    Path(rec["image_path"]).unlink(missing_ok=True)
+            raise
+
+    def ready(self) -> bool:
+        """Whether predictions can be logged (see PredictionLog.ready); serving waits on it."""
+        return self.prediction_log is None or self.prediction_log.ready()
 
     def metadata(self) -> dict[str, Any]:
         b = self.bundle
@@ -106,8 +139,4 @@ class ModelRuntime:
                 "data_version": b.data_version, "metrics": b.metrics}
 
 
-def new_request_id() -> str:
-    return uuid.uuid4().hex
-
-
-__all__ = ["ImageDecodeError", "ModelRuntime", "new_request_id"]
+__all__ = ["ImageDecodeError", "ModelRuntime", "PredictionLogError"]

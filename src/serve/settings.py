@@ -19,6 +19,11 @@ class Settings:
     max_batch_images: int = field(default_factory=lambda: int(_env("VISIONOPS_MAX_BATCH_IMAGES", "64")))
     top_k: int = field(default_factory=lambda: int(_env("VISIONOPS_TOP_K", "5")))
     api_key: str | None = field(default_factory=lambda: os.environ.get("VISIONOPS_API_KEY") or None)
+    # /metrics is open by default (a Prometheus scraper in the cluster); 1 puts it behind the API key.
+    metrics_need_key: bool = field(default_factory=lambda: _env("VISIONOPS_METRICS_NEED_KEY", "0") == "1")
+    # A client has this long to send its whole request body (408 after it): well inside the
+    # request timeout, so a stalled upload is the client's 408, not the server's 504.
+    body_timeout_s: float = field(default_factory=lambda: float(_env("VISIONOPS_BODY_TIMEOUT_S", "10")))
     log_dir: str | None = field(default_factory=lambda: _env("VISIONOPS_PREDICTION_LOG", "logs/predictions") or None)
     keep_images: float = field(default_factory=lambda: float(_env("VISIONOPS_KEEP_IMAGES", "0")))
     # Adaptive batching (BentoML's CorkDispatcher): largest batch and the latency it may add.
@@ -34,6 +39,13 @@ class Settings:
     # Each worker listens on its own SO_REUSEPORT socket (Linux), so new connections are spread
     # over the workers; 0 = one socket shared by all workers, as BentoML does (see serve.reuseport).
     reuse_port: bool = field(default_factory=lambda: _env("VISIONOPS_REUSE_PORT", "1") == "1")
+
+    request_timeout_s: float = 30.0  # BentoML's traffic.timeout: the whole request, answered or 504
+
+    def __post_init__(self) -> None:
+        if not 0 < self.body_timeout_s < self.request_timeout_s:
+            raise ValueError(f"VISIONOPS_BODY_TIMEOUT_S={self.body_timeout_s:g} must be above 0 and below the "
+                             f"request timeout of {self.request_timeout_s:g} s")
 
     def server_workers(self) -> int:
         """The configured number of server processes, or automatically: one on a GPU (one

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from unittest import mock
@@ -36,7 +38,7 @@ def test_cpu_runtime_predicts_and_describes_itself(model_dir):
     from serve.runtime import ModelRuntime
 
     rt = ModelRuntime.load(Settings(log_dir=None), model_dir=model_dir)
-    x, stats = rt.prepare(_png())
+    x, _stats = rt.prepare(_png())
     preds, probs = rt.predictions(rt.infer(x)[0])
     assert preds[0]["label"] in ("a", "b", "c") and probs.shape == (1, 3) and preds[0]["model_version"] == "7"
     assert rt.device == "cpu" and rt.metadata()["model_name"] == "toy"
@@ -110,3 +112,63 @@ def test_kept_images_stay_in_their_folder_whatever_the_client_sends(model_dir, t
         assert kept.parent == tmp_path / "log" / "images" and kept.read_bytes() == b"bytes"
         assert rec["request_id"] == rid  # the record keeps the client's id as sent
     assert not (tmp_path / "escape.png").exists() and not list(tmp_path.glob("*.png"))
+
+
+_FULL_DISK = """
+import resource, sys
+from visionops.prediction_log import PredictionLog, PredictionLogError
+log = PredictionLog(sys.argv[1])
+rec = lambda i: {"timestamp": "2026-01-01T00:00:00+00:00", "request_id": f"r{i}", "x": [0.5] * 300}
+log.write([rec(0)])
+size = next(log.directory.glob("*.jsonl")).stat().st_size
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, hard))  # the next record fits only partly
+failed = 0
+for i in (1, 2):
+    try:
+        log.write([rec(i)])
+    except PredictionLogError as exc:
+        failed += 1
+        print(exc)
+print("ready while full:", log.ready())
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space returns
+print("ready after:", log.ready())
+log.write([rec(3), rec(4)])
+print("failed:", failed)
+"""
+
+
+def test_a_full_disk_leaves_no_torn_line(tmp_path):
+    """A real file-size limit (RLIMIT_FSIZE, in a child process: Python ignores SIGXFSZ, so the
+    write fails with EFBIG after writing what fits, as on a disk that fills mid-write)."""
+    out = subprocess.run([sys.executable, "-c", _FULL_DISK, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert "cannot write the prediction log" in out.stdout and "File too large" in out.stdout, out.stdout
+    assert "failed: 2" in out.stdout and "ready while full: False" in out.stdout and "ready after: True" in out.stdout
+    lines = next(tmp_path.glob("*.jsonl")).read_bytes().splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == ["r0", "r3", "r4"], "whole records, none glued"
+    assert not list(tmp_path.glob(".probe-*")), "the readiness probe leaves nothing behind"
+
+
+def test_kept_images_are_never_overwritten(model_dir, tmp_path):
+    """A repeated x-request-id, or ids a file name makes alike, each keep their own image."""
+    from serve.runtime import ModelRuntime
+
+    rt = ModelRuntime.load(Settings(log_dir=str(tmp_path / "log"), keep_images=1.0), model_dir=model_dir)
+    x, stats = rt.prepare(_png())
+    logits, emb = rt.infer(x)
+    preds, probs = rt.predictions(logits)
+    ids = ["same", "same", "a.b", "a_b", "a/b"]
+    recs = [rt.record(rid, stats, emb[0], preds[0], probs[0], f"image {i}".encode(), ".png") for i, rid in enumerate(ids)]
+    assert [Path(r["image_path"]).read_bytes() for r in recs] == [f"image {i}".encode() for i in range(5)]
+    rt.log(recs)
+    assert len(read_log(tmp_path / "log")) == 5
+
+
+def test_request_ids_keep_to_their_rule():
+    from serve.inputs import request_id
+
+    assert request_id("req-1.a_B") == "req-1.a_B" and request_id("x" * 128) == "x" * 128
+    assert len(request_id(None)) == 32 and request_id("") != request_id("")
+    for bad in ["a/b", "x" * 129, "a b", "ü", "a\nb"]:
+        with pytest.raises(ValueError, match="1 to 128 characters"):
+            request_id(bad)
