@@ -13,7 +13,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install demo test test-slow params repro mlflow-ui serve monitor simulate evidently-ui lint bench wrk lock clean
+.PHONY: help install demo test params repro mlflow-ui serve monitor simulate evidently-ui lint bench wrk lock clean
 
 help:
 	@echo "make demo       run the pipeline on the bundled digits (dvc repro): prepare -> ... -> register"
@@ -22,6 +22,9 @@ help:
 	@echo "make mlflow-ui  browse runs at http://127.0.0.1:$(MLFLOW_PORT)"
 	@echo "make bench      run the benchmarks under benchmarks/"
 	@echo "make params     compose conf/ into params.yaml (what DVC stages read)"
+	@echo "make clean      remove generated files (caches, Hydra and Lightning run folders); keeps .venv, the"
+	@echo "                MLflow store, the prediction log, the monitor's reports and DVC's outputs"
+	@echo "                (start the store afresh deliberately: rm -rf mlflow.db mlruns; runs and models are lost)"
 
 install: $(STAMP)
 
@@ -51,10 +54,7 @@ demo: repro
 	@echo "         dvc metrics show, dvc plots show, and the MLflow UI: make mlflow-ui -> http://127.0.0.1:$(MLFLOW_PORT)"
 
 test: $(STAMP)
-	@$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
-
-test-slow: $(STAMP)
-	@$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Runs and the registry; prints "MLflow UI ready at <url>" once the page answers (a link to the
 # model-training view). Ctrl-C stops it.
@@ -104,5 +104,16 @@ lock:
 	  echo "# Regenerate with \`make lock\` after changing pyproject.toml dependencies."; \
 	  /tmp/visionops-lock/bin/pip freeze --exclude visionops ) > constraints.txt
 
+# Generated files only: git tells them apart (what it ignores under these names; a file git tracks
+# is never removed). Everything else stays: .venv, the MLflow store (mlflow.db, mlruns/), the
+# prediction log (logs/), the monitor's workspace and reports, kept images (data/incoming/,
+# data/curated/), and DVC's outputs (data/, models/, reports/: dvc repro and dvc checkout manage them).
+CLEAN_TOP := outputs multirun lightning_logs dvc_plots .pytest_cache .ruff_cache
+CLEAN_ANYWHERE := __pycache__ .ipynb_checkpoints
 clean:
-	rm -rf outputs reports/*/ models data/prepared .pytest_cache
+	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "error: make clean asks git which files are generated: run it in a git clone"; exit 1; }
+	@git ls-files -z --others --ignored --exclude-standard --directory | while IFS= read -r -d '' path; do \
+	  top="$${path%%/*}"; name="$$(basename "$$path")"; \
+	  case " $(CLEAN_TOP) " in *" $$top "*) ;; *) case " $(CLEAN_ANYWHERE) " in *" $$name "*) ;; *) continue;; esac;; esac; \
+	  rm -rf -- "$$path" && echo "removed $$path"; \
+	done

@@ -139,8 +139,12 @@ def median_gamma(emb: np.ndarray, max_rows: int = 1000, seed: int = 0) -> float:
     """RBF gamma = 1 / median squared distance between reference embeddings (median heuristic)."""
     if len(emb) > max_rows:
         emb = emb[np.random.default_rng(seed).choice(len(emb), max_rows, replace=False)]
-    d = sq_dists(emb, emb)[np.triu_indices(len(emb), k=1)]
-    med = float(np.median(d[d > 0])) if np.any(d > 0) else 1.0
+    i, j = np.triu_indices(len(emb), k=1)
+    norms = np.einsum("ij,ij->i", emb, emb)
+    d = sq_dists(emb, emb)[i, j]
+    # Duplicated rows leave rounding noise in xx + yy - 2xy, not 0: noise is no distance.
+    d = d[d > 1e-9 * (norms[i] + norms[j])]
+    med = float(np.median(d)) if d.size else 1.0
     return 1.0 / med
 
 
