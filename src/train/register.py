@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from train.errors import VisionopsError
-from train.registry import client_for, current_champion, decide_and_move_aliases, fetch_version, gate, record_verdict
+from train.registry import check_labels, client_for, current_champion, decide_and_move_aliases, fetch_version, gate, record_verdict
 from train.tracking import config_hash
 from visionops.manifest import read_manifest
 from visionops.bundle import ModelBundle
@@ -66,16 +66,24 @@ def log_and_register(cfg: DictConfig, client: Any) -> tuple[str, str]:
 
 def register(cfg: DictConfig) -> dict[str, Any]:
     client, uri = client_for(cfg)
-    version, run_id = log_and_register(cfg, client)
     name = cfg.registry.model_name
-    challenger = fetch_version(client, name, version)
     champion = current_champion(cfg, client)
+    export_dir = Path(cfg.paths.models) / "export"
+    if (export_dir / "bundle.json").exists():
+        check_labels(cfg, champion, ModelBundle.load(export_dir).labels)
+    version, run_id = log_and_register(cfg, client)
+    challenger = fetch_version(client, name, version)
     verdict = gate(cfg, challenger, champion)
     verdict = decide_and_move_aliases(cfg, client, challenger, verdict)
     path = record_verdict(cfg, client, challenger, verdict, run_id)
-    g = verdict["gates"]["metric"]
-    versus = (f"vs champion v{verdict['champion']['version']} {verdict['champion']['accuracy']:.4f}, "
-              f"diff CI [{g['ci_low']:+.4f}, {g['ci_high']:+.4f}]" if verdict["champion"] else "first version")
+    g = verdict["gates"].get("metric", {})
+    if not verdict["champion"]:
+        versus = "first version"
+    elif "ci_low" in g:
+        versus = (f"vs champion v{verdict['champion']['version']} {verdict['champion']['accuracy']:.4f}, "
+                  f"diff CI [{g['ci_low']:+.4f}, {g['ci_high']:+.4f}]")
+    else:
+        versus = f"not comparable with champion v{verdict['champion']['version']}: its classes differ"
     print(f"Registered {name} version {version} (accuracy {verdict['challenger']['accuracy']:.4f}, {versus}): "
           f"{verdict['decision']}. Champion is now version {verdict['champion_after']}. Verdict: {path}  "
           f"Load it: models:/{name}@{cfg.registry.champion_alias} ({uri})")

@@ -82,6 +82,33 @@ def paired_bootstrap(new: np.ndarray, old: np.ndarray, samples: int, confidence:
             "ci_high": float(np.quantile(diffs, 1 - alpha)), "confidence": confidence, "samples": samples}
 
 
+def _few(labels: list[str], n: int = 8) -> str:
+    return ", ".join(labels[:n]) + (f" and {len(labels) - n} more" if len(labels) > n else "")
+
+
+def label_change(name: str, champion_version: str, old: list[str], new: list[str]) -> str:
+    """One line: how a model's classes differ from the champion's, and what to do about it."""
+    added = [label for label in new if label not in old]
+    removed = [label for label in old if label not in new]
+    diff = "; ".join(part for part in (
+        f"{len(added)} new ({_few(added)})" if added else "",
+        f"{len(removed)} missing ({_few(removed)})" if removed else "",
+        "the same classes in another order" if not added and not removed else "") if part)
+    return (f"this model's {len(new)} classes differ from those of the champion of {name} (version "
+            f"{champion_version}, {len(old)} classes): {diff}. Another dataset is another model: register it under "
+            f"its own name with data.name=<name> (registered as visionops-<name>) or registry.model_name=<name>, "
+            f"e.g. `dvc exp run -S data.name=flowers ...`. The same project with a changed label set: "
+            f"registry.allow_label_change=true registers it as challenger, then `python -m train.promote "
+            f"version=<N> force=true reason=\"...\"` makes it champion.")
+
+
+def check_labels(cfg: DictConfig, champion: LocalModel | None, labels: list[str]) -> None:
+    """Refuse, before a version is created, a model whose classes differ from the champion's."""
+    if champion is None or list(champion.bundle.labels) == list(labels) or cfg.registry.get("allow_label_change"):
+        return
+    raise VisionopsError(label_change(champion.name, champion.version, list(champion.bundle.labels), list(labels)))
+
+
 def gate(cfg: DictConfig, challenger: LocalModel, champion: LocalModel | None) -> dict[str, Any]:
     """Every gate's verdict for a challenger against the current champion (None: first version)."""
     g = cfg.registry.gate
@@ -102,6 +129,11 @@ def gate(cfg: DictConfig, challenger: LocalModel, champion: LocalModel | None) -
     }
     if champion is None:
         checks["metric"] = {"passed": True, "reason": "no champion yet: the first version becomes champion"}
+    elif list(champion.bundle.labels) != list(challenger.bundle.labels):
+        # Accuracies on different label sets do not compare: only a forced promotion moves champion.
+        verdict["champion"] = {"version": champion.version, "accuracy": float("nan")}
+        checks["comparable"] = {"passed": False, "reason": label_change(
+            challenger.name, champion.version, list(champion.bundle.labels), list(challenger.bundle.labels))}
     else:
         old = evaluate_version(champion, prepared, inputs)
         ci = paired_bootstrap(new.correct, old.correct, int(g.bootstrap_samples), float(g.confidence), int(g.seed))
@@ -150,6 +182,9 @@ def record_verdict(cfg: DictConfig, client: Any, local: LocalModel, verdict: dic
     out = Path(cfg.paths.reports) / "register"
     out.mkdir(parents=True, exist_ok=True)
     (out / "verdict.json").write_text(json.dumps(verdict, indent=2) + "\n")
+    # gate.json is the DVC metric (`dvc metrics show`): did it pass, and who is champion now.
+    (out / "gate.json").write_text(json.dumps({"passed": verdict["passed"], "version": int(local.version),
+                                               "champion": int(verdict["champion_after"])}, indent=2) + "\n")
     card = model_card(verdict, local)
     (out / "model_card.md").write_text(card)
     name, version = local.name, local.version
