@@ -119,7 +119,7 @@ def _summary(cfg: DictConfig, result: dict[str, Any], reports: Path, uri: str, e
         f"val/acc {result['val/acc']:.4f}" if "val/acc" in result else "no validation score")
     model = result["best_checkpoint"] or "none saved (no checkpoint in this mode)"
     kind = str(cfg.get("run_kind") or "adhoc")
-    where = "" if kind == "pipeline" else f" ({kind} run, outputs in {cfg.run_dir or Path(cfg.paths.models).parent}/)"
+    where = "" if kind == "pipeline" else f" ({kind} run, outputs in {cfg.get('run_dir') or Path(cfg.paths.models).parent}/)"
     epochs = result["epochs"]
     return (f"Trained {cfg.model.arch} for {epochs} epoch{'s' if epochs != 1 else ''} in {result['seconds']}s{where}: "
             f"{score}. Model: {model}  Metrics: {reports}/metrics.json  "

@@ -155,9 +155,9 @@ def check_disjoint(splits: dict[str, list[Record]]) -> None:
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
-    """The dataset's numbers `dvc metrics show` lists: size, classes, what validation removed."""
-    return {"images": summary["images"], "classes": summary["classes"],
-            "dropped": summary["duplicates_removed"] + summary["corrupt_skipped"]}
+    """The dataset's numbers `dvc metrics show` lists: its size and classes (what validation removed
+    is in dataset.json and the stage's summary line)."""
+    return {"images": summary["images"], "classes": summary["classes"]}
 
 
 def prepare(cfg: DictConfig) -> dict[str, Any]:

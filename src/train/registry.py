@@ -182,9 +182,9 @@ def record_verdict(cfg: DictConfig, client: Any, local: LocalModel, verdict: dic
     out = Path(cfg.paths.reports) / "register"
     out.mkdir(parents=True, exist_ok=True)
     (out / "verdict.json").write_text(json.dumps(verdict, indent=2) + "\n")
-    # gate.json is the DVC metric (`dvc metrics show`): did it pass, and who is champion now.
-    (out / "gate.json").write_text(json.dumps({"passed": verdict["passed"], "version": int(local.version),
-                                               "champion": int(verdict["champion_after"])}, indent=2) + "\n")
+    # gate.json is the DVC metric (`dvc metrics show`, `dvc exp show`): the version that is champion
+    # after this run (this one if it passed). The whole decision is verdict.json.
+    (out / "gate.json").write_text(json.dumps({"champion": int(verdict["champion_after"])}, indent=2) + "\n")
     card = model_card(verdict, local)
     (out / "model_card.md").write_text(card)
     name, version = local.name, local.version
