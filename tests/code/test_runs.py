@@ -71,3 +71,27 @@ def test_plots_page_carries_vega_and_loads_nothing(tmp_path):
     assert html.count("{plot_divs}") == 1, "DVC fills this placeholder with the charts"
     assert "window.vegaEmbed" in html and len(html) > 500_000
     assert not re.search(r"<script[^>]+src=", html) and "{scripts}" not in html
+
+
+def test_experiment_table_keeps_the_headline_and_fits_the_width():
+    from train.views import experiment_rows, experiment_table
+
+    def exp(name, acc, data, augment, lr):
+        return {"rev": "a" * 40, "name": name, "data": {
+            "timestamp": "2026-12-02T10:15:00",
+            "metrics": {"reports/evaluate/metrics.json": {"data": {"test/acc": acc, "test/f1_macro": acc, "test/ece": 0.02}},
+                        "reports/register/gate.json": {"data": {"champion": 1}}},
+            "params": {"params.yaml": {"data": {"data": {"name": data, "mean": [0.5] * 3}, "augment": {"name": augment},
+                                                "model": {"arch": "small_cnn", "optimizer": {"lr": lr}}}}}}}
+
+    show = [{"rev": "workspace", "name": None, "data": exp("w", 0.9, "digits", "light", 0.003)["data"]},
+            {**exp("main", 0.98, "digits", "light", 0.003), "experiments": [
+                {"name": "big-run", "revs": [exp("big-run", 0.97, "a-very-long-dataset-name", "strong", 0.001)]}]}]
+    rows = experiment_rows(show)
+    assert [r["experiment"] for r in rows] == ["workspace", "main", "  big-run"]
+    wide = experiment_table(rows, 200).splitlines()
+    assert wide[0].split() == ["experiment", "created", "acc", "f1", "ece", "data", "augment", "lr", "champion"]
+    assert not wide[-1].startswith("also differ"), "everything fits in 200 columns"
+    narrow = experiment_table(rows, 60).splitlines()
+    assert max(map(len, narrow)) <= 60 and narrow[0].split()[:5] == ["experiment", "created", "acc", "f1", "ece"]
+    assert narrow[-1].startswith("also differ: ")
