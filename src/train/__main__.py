@@ -24,7 +24,7 @@ def _task(cfg: DictConfig) -> Any:
     # Importing PyTorch, Lightning and MLflow takes ~10 s: say so before the silence.
     print(f"visionops: {cfg.run_kind} run, {cfg.model.arch} on {cfg.data.name}, outputs to {where}; "
           "loading PyTorch, Lightning and MLflow...", flush=True)
-    from train.pipeline import train
+    from train.fit import train
 
     metrics, _ = train(cfg)
     # Hydra's Optuna sweeper minimises/maximises what the task returns.

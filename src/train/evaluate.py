@@ -15,11 +15,10 @@ import numpy as np
 from omegaconf import DictConfig
 
 from train.errors import VisionopsError
-from train.evaluation import classification_metrics, load_inputs, plot_confusion, predict_proba
+from train.metrics import evaluate_model, load_inputs
 from train.module import load_classifier
 from visionops.manifest import read_labels, read_manifest
 from visionops.preprocess import PreprocessSpec
-
 
 HEADLINE = ("test/acc", "test/f1_macro", "test/ece")
 
@@ -51,12 +50,11 @@ def evaluate(cfg: DictConfig, checkpoint: str | None = None) -> dict[str, Any]:
     records = read_manifest(prepared / "test.csv")
     idx = {label: i for i, label in enumerate(labels)}
     y = np.asarray([idx[r.label] for r in records])
-    probs = predict_proba(model, load_inputs(records, spec))
-    pred = probs.argmax(1)
-    m = classification_metrics(probs, y, labels, "test")
-
     out = Path(cfg.paths.reports) / "evaluate"
     out.mkdir(parents=True, exist_ok=True)
+    png = out / "confusion.png"
+    m, probs = evaluate_model(model, load_inputs(records, spec), y, labels, "test", png)
+    pred = probs.argmax(1)
     # metrics.json is a DVC metric: the headline numbers only; the per-class table (one column
     # per class and measure in `dvc metrics show`) goes to details.json beside it.
     (out / "metrics.json").write_text(json.dumps(headline(m), indent=2) + "\n")
@@ -71,7 +69,6 @@ def evaluate(cfg: DictConfig, checkpoint: str | None = None) -> dict[str, Any]:
         w.writerow(["path", "label", "predicted", "confidence"])
         for r, p, pr in zip(records, pred, probs):
             w.writerow([r.path, r.label, labels[p], f"{pr.max():.6f}"])
-    png = plot_confusion(y, pred, labels, out / "confusion.png", f"test confusion (acc {m['test/acc']:.3f})")
 
     run_id = run_info.get("run_id")
     if run_id:

@@ -13,9 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from train.decision import client_for, decide
 from train.errors import VisionopsError
-from visionops.model_store import ModelStoreError
-from train.registry import client_for, current_champion, decide_and_move_aliases, fetch_version, gate, record_verdict
 
 
 def promote(cfg: DictConfig, version: str, force: bool = False, reason: str | None = None) -> dict[str, Any]:
@@ -23,26 +22,10 @@ def promote(cfg: DictConfig, version: str, force: bool = False, reason: str | No
         raise VisionopsError('force=true needs a reason, recorded on the version: reason="why"')
     client, _uri = client_for(cfg)
     name = cfg.registry.model_name
-    challenger = fetch_version(client, name, str(version))
-    try:
-        challenger.load()  # a version that cannot run is never promoted, forced or not
-    except ModelStoreError as exc:
-        raise VisionopsError(str(exc)) from exc
-    champion = current_champion(cfg, client)
-    if champion is not None and champion.version == challenger.version:
+    verdict, path = decide(cfg, client, str(version), force=force, reason=reason)
+    if path is None:
         print(f"{name} version {version} is already the champion: nothing to do")
-        return {"decision": "already champion", "champion_after": version}
-    try:
-        verdict = gate(cfg, challenger, champion)
-    except VisionopsError:
-        if not force:
-            raise
-        verdict = {"model": name, "challenger": {"version": challenger.version, "accuracy": float("nan")},
-                   "champion": {"version": champion.version, "accuracy": float("nan")} if champion else None,
-                   "gates": {"comparable": {"passed": False}}, "passed": False}
-    verdict = decide_and_move_aliases(cfg, client, challenger, verdict, force=force, reason=reason)
-    run_id = client.get_model_version(name, challenger.version).tags.get("run_id")
-    path = record_verdict(cfg, client, challenger, verdict, run_id)
+        return verdict
     print(f"{name} version {version}: {verdict['decision']}. Champion is now version {verdict['champion_after']}. "
           f"Verdict: {path}")
     return verdict

@@ -15,11 +15,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from train.decision import client_for, current_champion, decide
 from train.errors import VisionopsError
-from train.registry import check_labels, client_for, current_champion, decide_and_move_aliases, fetch_version, gate, record_verdict
+from train.gate import check_labels
 from train.tracking import config_hash
-from visionops.manifest import read_manifest
 from visionops.bundle import ModelBundle
+from visionops.manifest import read_manifest
 from visionops.preprocess import load_batch
 
 
@@ -70,12 +71,9 @@ def register(cfg: DictConfig) -> dict[str, Any]:
     champion = current_champion(cfg, client)
     export_dir = Path(cfg.paths.models) / "export"
     if (export_dir / "bundle.json").exists():
-        check_labels(cfg, champion, ModelBundle.load(export_dir).labels)
-    version, run_id = log_and_register(cfg, client)
-    challenger = fetch_version(client, name, version)
-    verdict = gate(cfg, challenger, champion)
-    verdict = decide_and_move_aliases(cfg, client, challenger, verdict)
-    path = record_verdict(cfg, client, challenger, verdict, run_id)
+        check_labels(cfg, champion, ModelBundle.load(export_dir).labels)  # before any version exists
+    version, _run_id = log_and_register(cfg, client)
+    verdict, path = decide(cfg, client, version, champion=champion)
     g = verdict["gates"].get("metric", {})
     if not verdict["champion"]:
         versus = "first version"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import socket
 import subprocess
 from pathlib import Path
@@ -156,13 +157,15 @@ def run_in_checkpoint(ckpt_path: str, experiment_id: str) -> str | None:
 
     try:
         run_id = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get(CKPT_RUN_KEY)
-    except Exception:  # unreadable here: Lightning reports it properly when it loads the checkpoint
+    except (OSError, RuntimeError, ValueError, AttributeError, pickle.UnpicklingError):  # Lightning says it better
         return None
     if not run_id:
         return None
+    from mlflow.exceptions import MlflowException
+
     try:
         run = mlflow.get_run(run_id)
-    except Exception:
+    except MlflowException:
         log.warning("checkpoint %s was written by MLflow run %s, which is not in this store: starting a new run",
                     ckpt_path, run_id)
         return None

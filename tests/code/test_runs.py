@@ -12,7 +12,7 @@ import pytest
 from helpers import REPO
 from train.config import compose
 from train.errors import VisionopsError
-from train.registry import check_labels, label_change
+from train.gate import check_labels, label_change
 from train.runs import run_name
 
 DEBUG_PRESETS = sorted(p.stem for p in (REPO / "conf" / "debug").glob("*.yaml"))

@@ -71,11 +71,12 @@ def _env(cwd: Path) -> dict[str, str]:
 
 def _dvc(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([bin_path("dvc"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env=_env(cwd))
+                          env=_env(cwd), check=False)
 
 
 def _run(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(cwd))
+    return subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=timeout, env=_env(cwd),
+                          check=False)
 
 
 def _snapshot(root: Path) -> dict[str, str]:
@@ -249,7 +250,7 @@ def test_plots_page_renders_offline_in_a_real_browser(repo_copy, reproduced, tmp
         [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}",
          "--virtual-time-budget=15000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, check=False,
     ).stdout
     charts = html.count("vegaEmbed('#")
     assert charts >= 3, "class counts, confusion matrix and learning curves"

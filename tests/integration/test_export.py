@@ -11,8 +11,8 @@ import torch
 
 from helpers import make_cfg
 from train.export import export
+from train.fit import train
 from train.module import load_classifier
-from train.pipeline import train
 from train.prepare import prepare
 from visionops.bundle import ModelBundle
 from visionops.onnx_runtime import OnnxModel

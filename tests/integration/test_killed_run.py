@@ -18,7 +18,7 @@ import torch
 
 from helpers import REPO, make_cfg, tiny_overrides
 from train import tracking
-from train.pipeline import train
+from train.fit import train
 from train.prepare import prepare
 
 pytestmark = pytest.mark.integration

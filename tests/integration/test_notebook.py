@@ -8,7 +8,7 @@ import pytest
 from nbclient import NotebookClient
 
 from helpers import REPO, make_cfg
-from train.pipeline import train
+from train.fit import train
 from train.prepare import prepare
 
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ import pytest
 
 from helpers import make_cfg
 from train.evaluate import evaluate
-from train.pipeline import train
+from train.fit import train
 from train.prepare import prepare
 
 pytestmark = pytest.mark.integration

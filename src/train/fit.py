@@ -1,6 +1,7 @@
-"""`train(cfg)`: fit a classifier on the prepared manifests, tracked in MLflow.
+"""`train(cfg)`: fit a classifier on the prepared manifests with Lightning, tracked in MLflow.
 
-Returns (metrics, objects) and never exits: the CLI in train/__main__.py wraps it, tests call it.
+Returns (metrics, objects) and never exits: the train stage's CLI (train/__main__.py) wraps it,
+tests call it. Checkpoints carry their MLflow run id, so a resume continues the same run.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from train import runs, tracking
 from train.config import root_logging_only
 from train.datamodule import ManifestDataModule
-from train.evaluation import classification_metrics, plot_confusion, predict_proba
-from train.module import ImageClassifier, load_classifier
+from train.metrics import validation_report
+from train.module import ImageClassifier
 from train.trainer_setup import resolve_trainer_config
 from visionops.manifest import data_version
 from visionops.preprocess import PreprocessSpec
@@ -198,15 +199,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             "seconds": round(time.time() - t0, 1),
         }
         if best_path:
-            # Validation confusion matrix of the best weights: a picture of what the model confuses.
-            best = load_classifier(best_path)
-            val = dm.datasets["val"]
-            xs = np.stack([val[i][0].numpy() for i in range(len(val))])
-            probs = predict_proba(best, xs)
-            y = np.asarray(val.targets)
-            val_metrics = classification_metrics(probs, y, dm.labels, "val")
-            png = plot_confusion(y, probs.argmax(1), dm.labels, reports / "confusion_val.png",
-                                 f"validation confusion (acc {val_metrics['val/acc']:.3f})")
+            png = reports / "confusion_val.png"
+            val_metrics = validation_report(best_path, dm.datasets["val"], dm.labels, png)
             mlflow.log_artifact(str(png), "plots")
             mlflow.log_metric("val/ece", val_metrics["val/ece"])
             if cfg.logger.log_checkpoint:

@@ -1,14 +1,14 @@
-"""The MLflow model registry: register a version, gate it against the champion, move aliases.
+"""The champion/challenger gate: a registry version against the current champion.
 
-Moving the `champion` alias is the only thing that changes what production serves. A version
-takes it only through `gate()` (or `force=true` with a recorded reason); aliases are moved last,
-after every check, so a failure never leaves anything half-promoted.
+Both are evaluated in their serving format on the same pinned test manifest (accuracy, with a
+paired-bootstrap interval of the difference), with the export's parity and the latency budget.
+A challenger whose classes differ from the champion's is not comparable: `check_labels` refuses it
+before registration, with the fix in one line.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from train.errors import VisionopsError
 from visionops.manifest import read_labels, read_manifest
-from visionops.model_store import LocalModel, ModelStoreError, check_tracking_server, fetch, store_client
+from visionops.model_store import LocalModel, ModelStoreError
 from visionops.preprocess import PreprocessSpec, load_batch
 
 
@@ -27,20 +27,6 @@ class Evaluation:
     version: str
     correct: np.ndarray
     accuracy: float
-
-
-def client_for(cfg: DictConfig):
-    import mlflow
-
-    from train.tracking import tracking_uri
-
-    uri = tracking_uri(cfg.logger.tracking_uri)
-    try:
-        check_tracking_server(uri)
-    except ModelStoreError as exc:
-        raise VisionopsError(str(exc)) from exc
-    mlflow.set_tracking_uri(uri)
-    return store_client(uri), uri
 
 
 def evaluate_version(local: LocalModel, prepared: Path, inputs: dict[str, np.ndarray] | None = None) -> Evaluation:
@@ -125,7 +111,7 @@ def gate(cfg: DictConfig, challenger: LocalModel, champion: LocalModel | None) -
                          "budget_ms": float(g.latency_budget_ms), "format": fmt}
     verdict: dict[str, Any] = {
         "model": challenger.name, "challenger": {"version": challenger.version, "accuracy": new.accuracy},
-        "champion": None, "primary_metric": g.primary_metric, "tolerance": float(g.tolerance), "test_images": int(len(new.correct)),
+        "champion": None, "primary_metric": g.primary_metric, "tolerance": float(g.tolerance), "test_images": len(new.correct),
     }
     if champion is None:
         checks["metric"] = {"passed": True, "reason": "no champion yet: the first version becomes champion"}
@@ -141,104 +127,4 @@ def gate(cfg: DictConfig, challenger: LocalModel, champion: LocalModel | None) -
         checks["metric"] = {"passed": ci["ci_low"] >= -float(g.tolerance), **ci}
     verdict["gates"] = checks
     verdict["passed"] = all(c["passed"] for c in checks.values())
-    return verdict
-
-
-def model_card(verdict: dict[str, Any], local: LocalModel) -> str:
-    b, m = local.bundle, local.bundle.metrics
-    rows = "\n".join(f"| {k} | {'pass' if v['passed'] else 'FAIL'} | "
-                     + ", ".join(f"{kk}={vv:.4g}" if isinstance(vv, float) else f"{kk}={vv}" for kk, vv in v.items() if kk != "passed")
-                     + " |" for k, v in verdict["gates"].items())
-    champ = verdict.get("champion")
-    return f"""# {local.name} version {local.version}
-
-**Decision:** {verdict['decision']}{f" (reason: {verdict['reason']})" if verdict.get('reason') else ''}
-
-| | |
-|---|---|
-| architecture | {b.arch} |
-| classes | {len(b.labels)}: {', '.join(b.labels[:20])}{' ...' if len(b.labels) > 20 else ''} |
-| input | {b.preprocess.channels}x{b.preprocess.size[0]}x{b.preprocess.size[1]}, mean {list(b.preprocess.mean)}, std {list(b.preprocess.std)} |
-| embedding for monitoring | `{b.embedding_layer}`, {b.embedding_dim} dims |
-| data version | {b.data_version} |
-| git commit | {b.git_commit} |
-| test accuracy (evaluate stage) | {m.get('test/acc', float('nan')):.4f} |
-| test macro F1 / ECE | {m.get('test/f1_macro', float('nan')):.4f} / {m.get('test/ece', float('nan')):.4f} |
-| serving format | {b.serving_format} |
-| gate accuracy (challenger vs champion) | {verdict['challenger']['accuracy']:.4f} vs {f"{champ['accuracy']:.4f} (v{champ['version']})" if champ else 'none'} |
-
-## Gates
-
-| gate | result | details |
-|---|---|---|
-{rows}
-
-Intended use: classifying images like those of data version {b.data_version}. Production images
-are watched for drift by the monitor job; see the drift reports before trusting it on new cameras.
-"""
-
-
-def record_verdict(cfg: DictConfig, client: Any, local: LocalModel, verdict: dict[str, Any], run_id: str | None) -> Path:
-    out = Path(cfg.paths.reports) / "register"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "verdict.json").write_text(json.dumps(verdict, indent=2) + "\n")
-    # gate.json is the DVC metric (`dvc metrics show`, `dvc exp show`): the version that is champion
-    # after this run (this one if it passed). The whole decision is verdict.json.
-    (out / "gate.json").write_text(json.dumps({"champion": int(verdict["champion_after"])}, indent=2) + "\n")
-    card = model_card(verdict, local)
-    (out / "model_card.md").write_text(card)
-    name, version = local.name, local.version
-    client.update_model_version(name, version, description=card)
-    client.set_model_version_tag(name, version, "gate.passed", str(verdict["passed"]).lower())
-    client.set_model_version_tag(name, version, "gate.decision", verdict["decision"])
-    if run_id:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        client.log_text(run_id, json.dumps(verdict, indent=2), f"registry/v{version}/verdict-{stamp}.json")
-        client.log_text(run_id, card, f"registry/v{version}/model_card.md")
-    return out / "verdict.json"
-
-
-def current_champion(cfg: DictConfig, client: Any) -> LocalModel | None:
-    from mlflow.exceptions import MlflowException
-
-    name = cfg.registry.model_name
-    try:
-        mv = client.get_model_version_by_alias(name, cfg.registry.champion_alias)
-    except MlflowException:
-        return None
-    return fetch_version(client, name, str(mv.version))
-
-
-def fetch_version(client: Any, name: str, version: str) -> LocalModel:
-    try:
-        return fetch(f"models:/{name}/{version}", tracking_uri=client.tracking_uri)
-    except ModelStoreError as exc:
-        raise VisionopsError(str(exc)) from exc
-
-
-def decide_and_move_aliases(cfg: DictConfig, client: Any, local: LocalModel, verdict: dict[str, Any],
-                            force: bool = False, reason: str | None = None) -> dict[str, Any]:
-    """Set the aliases from the verdict. The only place that moves `champion`."""
-    r = cfg.registry
-    name, version = local.name, local.version
-    previous = verdict.get("champion") or {}
-    if force or verdict["passed"]:
-        verdict["decision"] = "promoted to champion (forced)" if force and not verdict["passed"] else "promoted to champion"
-        if force:
-            verdict["forced"] = True
-            verdict["reason"] = reason
-            client.set_model_version_tag(name, version, "promotion.forced_reason", reason)
-        if previous.get("version") and previous["version"] != version:
-            client.set_model_version_tag(name, version, "promotion.previous_champion", previous["version"])
-        client.set_registered_model_alias(name, r.champion_alias, version)
-        try:
-            if str(client.get_model_version_by_alias(name, r.challenger_alias).version) == str(version):
-                client.delete_registered_model_alias(name, r.challenger_alias)
-        except Exception:  # no challenger alias: nothing to clear
-            pass
-    else:
-        failed = [k for k, v in verdict["gates"].items() if not v["passed"]]
-        verdict["decision"] = f"kept as challenger: failed {', '.join(failed)}"
-        client.set_registered_model_alias(name, r.challenger_alias, version)
-    verdict["champion_after"] = str(client.get_model_version_by_alias(name, r.champion_alias).version)
     return verdict
