@@ -26,7 +26,7 @@ help:
 	@echo "  make params        compose conf/ into params.yaml (what the DVC stages read)"
 	@echo "  make repro         make params, then dvc repro: rerun the stages whose inputs changed"
 	@echo "  make metrics       the pipeline's headline metrics (dvc metrics show), one table per stage"
-	@echo "  make exp           experiments side by side (dvc exp show), only the columns that differ"
+	@echo "  make exp           experiments side by side: headline metrics and the params that differ"
 	@echo "  make plots         learning curves, confusion matrix, class counts: dvc_plots/index.html"
 	@echo "  make notebook      JupyterLab on notebooks/ (compare_runs.ipynb: runs and curves from MLflow)"
 	@echo "  make mlflow-ui     browse runs and the model registry at http://127.0.0.1:$(MLFLOW_PORT)"
