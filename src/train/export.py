@@ -169,8 +169,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         q = OnnxModel(int8_path)
         q_logits = q.logits(x)
         formats["onnx_int8"] = {"accuracy": float((q_logits.argmax(1) == y).mean()), **latency(q.run, x1, xb, ecfg.latency)}
-        agreement = float((q_logits.argmax(1) == onnx_logits.argmax(1)).mean())
-        int8_report.update(decide_int8(formats, len(xb), ecfg.int8, agreement))
+        int8_agreement = float((q_logits.argmax(1) == onnx_logits.argmax(1)).mean())
+        int8_report.update(decide_int8(formats, len(xb), ecfg.int8, int8_agreement))
     serving = "onnx_int8" if int8_report.get("used_for_serving") else "onnx_fp32"
     report = {"parity": parity, "formats": formats, "int8": int8_report, "serving_format": serving,
               "opset": int(ecfg.opset), "threads": torch.get_num_threads()}
