@@ -22,9 +22,11 @@ from visionops.model_store import LocalModel, ModelStoreError, check_tracking_se
 
 
 def client_for(cfg: DictConfig):
+    """A client of the configured store (checked first); this host's runs whose training process
+    died are marked FAILED on the way, as training does."""
     import mlflow
 
-    from train.tracking import tracking_uri
+    from train.tracking import mark_dead_runs_failed, tracking_uri
 
     uri = tracking_uri(cfg.logger.tracking_uri)
     try:
@@ -32,7 +34,11 @@ def client_for(cfg: DictConfig):
     except ModelStoreError as exc:
         raise VisionopsError(str(exc)) from exc
     mlflow.set_tracking_uri(uri)
-    return store_client(uri), uri
+    client = store_client(uri)
+    exp = client.get_experiment_by_name(cfg.logger.experiment_name)
+    if exp is not None:
+        mark_dead_runs_failed(client, exp.experiment_id)
+    return client, uri
 
 
 def model_card(verdict: dict[str, Any], local: LocalModel) -> str:

@@ -18,6 +18,7 @@ import torch
 
 from helpers import REPO, make_cfg, tiny_overrides
 from train import tracking
+from train.decision import client_for
 from train.fit import train
 from train.prepare import prepare
 
@@ -63,6 +64,15 @@ def test_killed_run_is_marked_failed_then_resumed_in_the_same_run(tmp_path, digi
     assert failed.info.status == "FAILED" and "ended without finishing" in failed.data.tags["visionops.failure"]
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
     assert client.get_run(elsewhere.info.run_id).info.status == "RUNNING"
+
+    # register and promote use the store too: a run whose process has ended is marked there as well.
+    ended = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    started = psutil.Process(ended.pid).create_time()
+    ended.wait()
+    orphan = client.create_run(exp_id, tags={tracking.HOST_TAG: socket.gethostname(),
+                                             tracking.PID_TAG: str(ended.pid), tracking.STARTED_TAG: f"{started:.2f}"})
+    client_for(cfg)
+    assert client.get_run(orphan.info.run_id).info.status == "FAILED"
 
     last = tmp_path / "models" / "checkpoints" / "last.ckpt"
     done = int(torch.load(last, map_location="cpu", weights_only=False)["epoch"])
