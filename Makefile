@@ -80,9 +80,11 @@ plots: $(STAMP) $(PLOTS_PAGE)
 	@echo "open it in a browser; it needs no network"
 
 # JupyterLab (installed with the dev tools) on the notebooks; the store is $$MLFLOW_TRACKING_URI
-# or ./mlflow.db. No browser here? Open the printed http://127.0.0.1:8888/lab?token=... URL.
+# or ./mlflow.db. Open the printed http://127.0.0.1:8888/lab?token=... URL (NOTEBOOK_PORT=...).
+# Jupyter refuses to run as root unless told: containers and CI machines often are root.
 notebook: $(STAMP)
-	jupyter lab --no-browser --ip 127.0.0.1 --port $${NOTEBOOK_PORT:-8888} notebooks/
+	jupyter lab --no-browser --ip 127.0.0.1 --port $${NOTEBOOK_PORT:-8888} \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) --ServerApp.root_dir=notebooks
 
 demo: repro
 	@$(BIN)/python -m monitor.demo
