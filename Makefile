@@ -8,23 +8,39 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 MLFLOW_PORT ?= 5000
 PORT ?= 3000
+PLOTS_PAGE := .dvc/plots/offline.html
 
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install demo test params repro mlflow-ui serve monitor simulate evidently-ui lint bench wrk lock clean
+.PHONY: help install demo test params repro metrics exp plots notebook mlflow-ui serve monitor simulate evidently-ui lint bench wrk lock clean
 
+# Every target, one line each (no prerequisites: `make help` never installs anything).
 help:
-	@echo "make demo       run the pipeline on the bundled digits (dvc repro): prepare -> ... -> register"
-	@echo "make test       run the test suite"
-	@echo "make serve      serve the champion model on http://127.0.0.1:$$PORT (default 3000)"
-	@echo "make mlflow-ui  browse runs at http://127.0.0.1:$(MLFLOW_PORT)"
-	@echo "make bench      run the benchmarks under benchmarks/"
-	@echo "make params     compose conf/ into params.yaml (what DVC stages read)"
-	@echo "make clean      remove generated files (caches, Hydra and Lightning run folders); keeps .venv, the"
-	@echo "                MLflow store, the prediction log, the monitor's reports and DVC's outputs"
-	@echo "                (start the store afresh deliberately: rm -rf mlflow.db mlruns; runs and models are lost)"
+	@echo "visionops: images to a monitored production service. Targets:"
+	@echo "  make demo          install (first time), run the pipeline (dvc repro), then the serve + drift loop"
+	@echo "  make install       create .venv with the pinned environment (other targets do it when needed)"
+	@echo "  make test          run the test suite"
+	@echo "  make params        compose conf/ into params.yaml (what the DVC stages read)"
+	@echo "  make repro         make params, then dvc repro: rerun the stages whose inputs changed"
+	@echo "  make metrics       the pipeline's headline metrics (dvc metrics show), one table per stage"
+	@echo "  make exp           experiments side by side: headline metrics and the params that differ"
+	@echo "  make plots         learning curves, confusion matrix, class counts: dvc_plots/index.html"
+	@echo "  make notebook      JupyterLab on notebooks/ (compare_runs.ipynb: runs and curves from MLflow)"
+	@echo "  make mlflow-ui     browse runs and the model registry at http://127.0.0.1:$(MLFLOW_PORT)"
+	@echo "  make serve         serve the champion model on http://127.0.0.1:$(PORT) (PORT=8080 make serve)"
+	@echo "  make simulate      send 200 test images to the running service (CORRUPTION=blur SEVERITY=3)"
+	@echo "  make monitor       the drift job on the last 24 h of the production log (LAST=7d)"
+	@echo "  make evidently-ui  drift reports over time at http://127.0.0.1:$${EVIDENTLY_PORT:-8000}"
+	@echo "  make bench         run the benchmarks under benchmarks/ (installs wrk)"
+	@echo "  make wrk           install the wrk load generator the serving benchmark uses"
+	@echo "  make lint          ruff check src tests benchmarks"
+	@echo "  make lock          re-pin every package into constraints.txt after changing pyproject.toml"
+	@echo "  make clean         remove generated files (caches, Hydra and Lightning run folders, dvc_plots/); keeps"
+	@echo "                    .venv, the MLflow store, the prediction log, monitor reports and DVC outputs"
+	@echo "                    (start the store afresh deliberately: rm -rf mlflow.db mlruns)"
+	@echo "  make help          this list"
 
 install: $(STAMP)
 
@@ -35,14 +51,41 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' > $(VENV)/install.log 2>&1 \
 	  || { grep -v "^WARNING: Location" $(VENV)/install.log | tail -40; echo "error: install failed; full log in $(VENV)/install.log"; exit 1; }
 	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "error: not a git repository (DVC needs one): run from a git clone"; exit 1; }
+	@$(BIN)/python -m train.views page >/dev/null
 	@touch $(STAMP)
 	@echo "Environment ready: $(VENV)"
 
 params: $(STAMP)
 	@$(BIN)/python -m train.params
 
-repro: params
+repro: params $(PLOTS_PAGE)
 	@$(BIN)/dvc repro
+
+# The page `dvc plots show` fills (.dvc/config), with Vega inlined so it renders offline.
+$(PLOTS_PAGE): | $(STAMP)
+	@python -m train.views page
+
+# Views of the pipeline that fit a terminal. Headline metrics only: the detail (per class, per
+# format, the dataset scan) is in the files beside them (README, "DVC views").
+METRICS := reports/prepare/stats.json reports/evaluate/metrics.json reports/export/parity.json reports/register/gate.json
+metrics: $(STAMP)
+	@for f in $(METRICS); do dvc metrics show --precision 4 $$f; echo; done
+
+# The experiments side by side: headline metrics and the params that differ, in the terminal's
+# width (plain `dvc exp show` shrinks its ~150 columns to `…`).
+exp: $(STAMP)
+	@python -m train.views exp
+
+plots: $(STAMP) $(PLOTS_PAGE)
+	@dvc plots show
+	@echo "open it in a browser; it needs no network"
+
+# JupyterLab (installed with the dev tools) on the notebooks; the store is $$MLFLOW_TRACKING_URI
+# or ./mlflow.db. Open the printed http://127.0.0.1:8888/lab?token=... URL (NOTEBOOK_PORT=...).
+# Jupyter refuses to run as root unless told: containers and CI machines often are root.
+notebook: $(STAMP)
+	jupyter lab --no-browser --ip 127.0.0.1 --port $${NOTEBOOK_PORT:-8888} \
+	  $$([ "$$(id -u)" = 0 ] && echo --allow-root) --ServerApp.root_dir=notebooks
 
 demo: repro
 	@$(BIN)/python -m monitor.demo

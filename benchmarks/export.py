@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     model = str(args["model"])
     overrides = ["export.latency.runs=500", "export.latency.batch_runs=100"]
     if model != "small_cnn":
-        from train.pipeline import train
+        from train.fit import train
 
         work = Path("outputs/bench_export") / model
         overrides += [f"model={model}", f"paths.models={work}", f"paths.reports={work / 'reports'}", "trainer=cpu",

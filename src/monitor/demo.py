@@ -53,6 +53,7 @@ def main() -> None:
     print(f"\n== the loop: serving the champion on http://127.0.0.1:{port}, production log in {log_dir}/ ==")
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {"VISIONOPS_PREDICTION_LOG": str(log_dir), "VISIONOPS_KEEP_IMAGES": "0.25",
+           "VISIONOPS_MODEL_URI": f"models:/{cfg.registry.model_name}@{cfg.registry.champion_alias}",
            "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlflow.db'}")}
     try:
         proc = launch.bentoml_serve("serve.service:Classifier", port, run_dir / "server.log", env)

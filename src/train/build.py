@@ -35,7 +35,7 @@ def build_version(store: Path, work: Path, data_root: Path, extra: list[str] | N
     """prepare (once per store) -> train -> evaluate -> export -> register; returns the gate's verdict."""
     from train.evaluate import evaluate
     from train.export import export
-    from train.pipeline import train
+    from train.fit import train
     from train.prepare import prepare
     from train.register import register
 

@@ -50,6 +50,19 @@ def _setup_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
+def root_logging_only() -> None:
+    """Print each log line once. Importing `lightning` adds a console handler to its `lightning`
+    logger, and its records also propagate to the root handler that Hydra (or params mode) set up,
+    so every Lightning line came out twice. The root handler is the one place output is configured
+    (Hydra's also writes the run's log file), so Lightning's own console handler goes."""
+    if not logging.getLogger().handlers:
+        return  # nothing else would print Lightning's lines
+    lightning_logger = logging.getLogger("lightning")
+    for handler in list(lightning_logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning_logger.removeHandler(handler)
+
+
 def _user_error(exc: BaseException) -> VisionopsError | None:
     """The VisionopsError behind an exception (Hydra's instantiate wraps what a target raises)."""
     seen = 0
@@ -71,9 +84,12 @@ def _run_guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         sys.exit(2)
 
 
-def run_task(task: Callable[[DictConfig], Any], task_name: str) -> None:
-    """Run `task(cfg)` from the command line, with params.yaml or with Hydra."""
+def run_task(task: Callable[[DictConfig], Any], task_name: str, description: str | None = None) -> None:
+    """Run `task(cfg)` from the command line, with params.yaml or with Hydra. `description` (the
+    entry point's docstring) heads `--help`, before Hydra's listing of groups and keys."""
     argv = sys.argv[1:]
+    if description and ("--help" in argv or "-h" in argv):
+        print(description.strip() + "\n", flush=True)
     if "--params" in argv:
         i = argv.index("--params")
         try:

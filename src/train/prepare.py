@@ -3,7 +3,7 @@
 Checks every image decodes (corrupt files are named), class counts against a minimum, exact
 duplicates by content hash, and that no image lands in two splits. Writes
 data/prepared/{train,val,test}.csv (path, label, sha256) + labels.json, and dataset statistics
-under reports/prepare/.
+under reports/prepare/ (stats.json: the headline DVC metrics; dataset.json: the detail).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from train.errors import DataValidationError
+from train.runs import SOURCE_FILE, data_source
 from visionops.images import ImageDecodeError, decode_image, is_image_file
 from visionops.manifest import SPLITS, Record, sha256_file, write_manifest
 
@@ -153,6 +154,12 @@ def check_disjoint(splits: dict[str, list[Record]]) -> None:
             seen[r.sha256] = name
 
 
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The dataset's numbers `dvc metrics show` lists: its size and classes (what validation removed
+    is in dataset.json and the stage's summary line)."""
+    return {"images": summary["images"], "classes": summary["classes"]}
+
+
 def prepare(cfg: DictConfig) -> dict[str, Any]:
     data = cfg.data
     root = Path(data.root)
@@ -172,6 +179,8 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     for name in SPLITS:
         write_manifest(out / f"{name}.csv", splits[name])
     (out / "labels.json").write_text(json.dumps({"labels": stats["classes"]}, indent=2) + "\n")
+    # Which data config these manifests come from: a run with other data prepares its own.
+    (out / SOURCE_FILE).write_text(json.dumps(data_source(data), indent=2) + "\n")
 
     reports = Path(cfg.paths.reports) / "prepare"
     reports.mkdir(parents=True, exist_ok=True)
@@ -183,7 +192,10 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
         "duplicates_removed": sum(len(d["paths"]) - (0 if "conflicting" in d["action"] else 1) for d in dup_report),
         "corrupt_skipped": stats["corrupt_skipped"],
     }
-    (reports / "stats.json").write_text(
+    # stats.json is a DVC metric: headline numbers only, so `dvc metrics show` stays one screen
+    # wide; the per-class counts, the scan listing and the duplicates go to dataset.json.
+    (reports / "stats.json").write_text(json.dumps(headline(summary), indent=2) + "\n")
+    (reports / "dataset.json").write_text(
         json.dumps({**summary, "class_counts": counts, "per_split": per_split, "scan": stats, "duplicates": dup_report}, indent=2)
         + "\n"
     )

@@ -9,14 +9,12 @@ override (e.g. `registry.model_name=...`, `logger.tracking_uri=...`).
 from __future__ import annotations
 
 import sys
-from contextlib import ExitStack
 from typing import Any
 
 from omegaconf import DictConfig
 
+from train.decision import client_for, decide
 from train.errors import VisionopsError
-from train.registry import client_for, current_champion, decide_and_move_aliases, fetch_version, gate, record_verdict
-from visionops.model_store import ModelStoreError
 
 
 def promote(cfg: DictConfig, version: str, force: bool = False, reason: str | None = None) -> dict[str, Any]:
@@ -24,32 +22,13 @@ def promote(cfg: DictConfig, version: str, force: bool = False, reason: str | No
         raise VisionopsError('force=true needs a reason, recorded on the version: reason="why"')
     client, _uri = client_for(cfg)
     name = cfg.registry.model_name
-    with ExitStack() as copies:  # the fetched copies of both versions are removed however this ends
-        challenger = copies.enter_context(fetch_version(client, name, str(version)))
-        try:
-            challenger.load()  # a version that cannot run is never promoted, forced or not
-        except ModelStoreError as exc:
-            raise VisionopsError(str(exc)) from exc
-        champion = current_champion(cfg, client)
-        if champion is not None:
-            copies.enter_context(champion)
-        if champion is not None and champion.version == challenger.version:
-            print(f"{name} version {version} is already the champion: nothing to do")
-            return {"decision": "already champion", "champion_after": version}
-        try:
-            verdict = gate(cfg, challenger, champion)
-        except VisionopsError:
-            if not force:
-                raise
-            verdict = {"model": name, "challenger": {"version": challenger.version, "accuracy": float("nan")},
-                       "champion": {"version": champion.version, "accuracy": float("nan")} if champion else None,
-                       "gates": {"comparable": {"passed": False}}, "passed": False}
-        verdict = decide_and_move_aliases(cfg, client, challenger, verdict, force=force, reason=reason)
-        run_id = client.get_model_version(name, challenger.version).tags.get("run_id")
-        path = record_verdict(cfg, client, challenger, verdict, run_id)
-        print(f"{name} version {version}: {verdict['decision']}. Champion is now version {verdict['champion_after']}. "
-              f"Verdict: {path}")
+    verdict, path = decide(cfg, client, str(version), force=force, reason=reason)
+    if path is None:
+        print(f"{name} version {version} is already the champion: nothing to do")
         return verdict
+    print(f"{name} version {version}: {verdict['decision']}. Champion is now version {verdict['champion_after']}. "
+          f"Verdict: {path}")
+    return verdict
 
 
 def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:

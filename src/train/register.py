@@ -9,15 +9,15 @@ commit, data version, run id and config hash. Then the champion/challenger gate 
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
 from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
+from train.decision import client_for, current_champion, decide
 from train.errors import VisionopsError
-from train.registry import client_for, current_champion, decide_and_move_aliases, fetch_version, gate, record_verdict
+from train.gate import check_labels
 from train.tracking import config_hash
 from visionops.bundle import ModelBundle
 from visionops.manifest import read_manifest
@@ -67,19 +67,21 @@ def log_and_register(cfg: DictConfig, client: Any) -> tuple[str, str]:
 
 def register(cfg: DictConfig) -> dict[str, Any]:
     client, uri = client_for(cfg)
-    version, run_id = log_and_register(cfg, client)
     name = cfg.registry.model_name
-    with ExitStack() as copies:  # the fetched copies of both versions are removed however this ends
-        challenger = copies.enter_context(fetch_version(client, name, version))
-        champion = current_champion(cfg, client)
-        if champion is not None:
-            copies.enter_context(champion)
-        verdict = gate(cfg, challenger, champion)
-        verdict = decide_and_move_aliases(cfg, client, challenger, verdict)
-        path = record_verdict(cfg, client, challenger, verdict, run_id)
-    g = verdict["gates"]["metric"]
-    versus = (f"vs champion v{verdict['champion']['version']} {verdict['champion']['accuracy']:.4f}, "
-              f"diff CI [{g['ci_low']:+.4f}, {g['ci_high']:+.4f}]" if verdict["champion"] else "first version")
+    champion = current_champion(cfg, client)
+    export_dir = Path(cfg.paths.models) / "export"
+    if (export_dir / "bundle.json").exists():
+        check_labels(cfg, champion, ModelBundle.load(export_dir).labels)  # before any version exists
+    version, _run_id = log_and_register(cfg, client)
+    verdict, path = decide(cfg, client, version, champion=champion)
+    g = verdict["gates"].get("metric", {})
+    if not verdict["champion"]:
+        versus = "first version"
+    elif "ci_low" in g:
+        versus = (f"vs champion v{verdict['champion']['version']} {verdict['champion']['accuracy']:.4f}, "
+                  f"diff CI [{g['ci_low']:+.4f}, {g['ci_high']:+.4f}]")
+    else:
+        versus = f"not comparable with champion v{verdict['champion']['version']}: its classes differ"
     print(f"Registered {name} version {version} (accuracy {verdict['challenger']['accuracy']:.4f}, {versus}): "
           f"{verdict['decision']}. Champion is now version {verdict['champion_after']}. Verdict: {path}  "
           f"Load it: models:/{name}@{cfg.registry.champion_alias} ({uri})")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
 from helpers import REPO, make_cfg
-from train.pipeline import train
+from train.fit import train
 from train.prepare import prepare
 
 pytestmark = pytest.mark.integration
@@ -33,3 +32,39 @@ def test_compare_runs_notebook(tmp_path, digits_small, monkeypatch):
     table = nb.cells[2].outputs[0]["data"]["text/plain"]
     assert all(name in table for name in run_names)
     assert (tmp_path / "nb" / "learning_curves.png").stat().st_size > 10_000
+
+
+def test_make_notebook_opens_it_in_jupyterlab():
+    """What `make demo` installs opens the notebook: `make notebook` serves JupyterLab, whose
+    contents API hands out compare_runs.ipynb."""
+    import json
+    import os
+    import re
+    import signal
+    import socket
+    import subprocess
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "NOTEBOOK_PORT": str(port)}
+    proc = subprocess.Popen(["make", "-s", "-o", ".venv/.installed-stamp", "notebook"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, url, deadline = "", None, time.time() + 90
+        while url is None and time.time() < deadline and proc.poll() is None:
+            line = proc.stdout.readline()
+            out += line
+            m = re.search(rf"http://127\.0\.0\.1:{port}/lab\?token=(\w+)", line)
+            url = m and m.group(0)
+        assert url, f"JupyterLab did not start:\n{out[-3000:]}"
+        token = url.split("token=")[1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/compare_runs.ipynb?token={token}",
+                                    timeout=30) as r:
+            nb = json.loads(r.read())
+        assert nb["type"] == "notebook" and nb["content"]["cells"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)

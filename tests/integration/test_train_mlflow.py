@@ -11,7 +11,7 @@ import pytest
 
 from helpers import make_cfg
 from train.evaluate import evaluate
-from train.pipeline import train
+from train.fit import train
 from train.prepare import prepare
 
 pytestmark = pytest.mark.integration
@@ -68,17 +68,21 @@ def test_evaluate_writes_metrics_plots_and_logs_to_the_run(trained):
     assert "plots/confusion.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
 
 
-def test_resume_continues_the_epoch_count(trained):
+def test_resume_continues_the_epoch_count_in_the_same_run(trained):
     tmp, cfg, metrics, _ = trained
     last = tmp / "models" / "checkpoints" / "last.ckpt"
     cfg2 = make_cfg(tmp, Path(cfg.data.root), ["trainer.max_epochs=3", f"ckpt_path={last}"])
     m2, objects = train(cfg2)
     assert objects["trainer"].current_epoch == 3
+    assert m2["run_id"] == metrics["run_id"], "the checkpoint names its MLflow run: the resume continues it"
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
     steps = [m.step for m in client.get_metric_history(m2["run_id"], "val/acc")]
-    # Lightning re-validates the restored epoch (1) before training epoch 2; it never restarts at 0.
-    assert 0 not in steps and steps[-1] == 2, steps
-    assert client.get_run(m2["run_id"]).data.tags["resumed_from"] == str(last)
+    # One history, epochs 0..2 (Lightning re-validates the restored epoch 1 before training epoch 2).
+    assert sorted(set(steps)) == [0, 1, 2], steps
+    run = client.get_run(m2["run_id"])
+    assert run.data.tags["resumed_from"] == str(last) and run.info.status == "FINISHED"
+    assert "trainer.max_epochs: 2 -> 3" in run.data.tags["resumed.changed"]
+    assert run.data.params["trainer.max_epochs"] == "2", "params keep the first value (MLflow cannot change them)"
 
 
 def test_same_seed_same_model(tmp_path, digits_small):
@@ -86,10 +90,15 @@ def test_same_seed_same_model(tmp_path, digits_small):
     included (albumentations has its own RNG), with DataLoader workers too."""
     import torch
 
-    results = []
+    results, names = [], []
     for i in range(2):
         cfg = make_cfg(tmp_path / str(i), digits_small, ["data.num_workers=2", "augment=strong"])
         metrics, objects = train(cfg)
         results.append((metrics["val/loss"], objects["model"].net.head[1].weight.detach().clone()))
+        client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / str(i) / 'mlflow.db'}")
+        names.append(client.get_run(metrics["run_id"]).info.run_name)
     assert results[0][0] == results[1][0]
     assert torch.equal(results[0][1], results[1][1])
+    # Same seed, same weights, but two runs the runs list can tell apart (MLflow's random names
+    # come from Python's `random`, which the seed fixes).
+    assert names[0] != names[1] and all(n.startswith("small_cnn-digits-") for n in names), names

@@ -1,7 +1,11 @@
-"""Classification metrics, calibration and the confusion-matrix plot, shared by train and evaluate."""
+"""Evaluating a classifier: metrics, calibration and the confusion-matrix plot of a split.
+
+Shared by the evaluate stage (the test split) and training (the best checkpoint on validation).
+"""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +38,7 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, n_bins: int = 1
     correct = (probs.argmax(axis=1) == y).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         mask = (conf > lo) & (conf <= hi)
         if mask.any():
             ece += abs(correct[mask].mean() - conf[mask].mean()) * mask.mean()
@@ -49,7 +53,7 @@ def classification_metrics(probs: np.ndarray, y: np.ndarray, labels: list[str], 
         f"{prefix}/acc": float(accuracy_score(y, pred)),
         f"{prefix}/f1_macro": float(f1_score(y, pred, labels=idx, average="macro", zero_division=0)),
         f"{prefix}/ece": expected_calibration_error(probs, y),
-        f"{prefix}/n": int(len(y)),
+        f"{prefix}/n": len(y),
         "per_class": {
             label: {"precision": float(p), "recall": float(r), "support": int(s)}
             for label, p, r, s in zip(labels, precision, recall, support)
@@ -84,3 +88,24 @@ def plot_confusion(y: np.ndarray, pred: np.ndarray, labels: list[str], path: Pat
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def evaluate_model(model: torch.nn.Module, inputs: np.ndarray, y: np.ndarray, labels: list[str], split: str,
+                   png: Path) -> tuple[dict[str, Any], np.ndarray]:
+    """A model on one split: its metrics (`<split>/acc`, ..., per class) and confusion plot; returns
+    (metrics, probabilities)."""
+    probs = predict_proba(model, inputs)
+    m = classification_metrics(probs, y, labels, split)
+    plot_confusion(y, probs.argmax(1), labels, png, f"{'test' if split == 'test' else 'validation'} confusion "
+                   f"(acc {m[f'{split}/acc']:.3f})")
+    return m, probs
+
+
+def validation_report(ckpt_path: str, val: Any, labels: list[str], png: Path) -> dict[str, Any]:
+    """The best checkpoint on the validation split (the training datamodule's dataset, already
+    preprocessed): metrics with ECE, and a picture of what the model confuses."""
+    from train.module import load_classifier
+
+    xs = np.stack([val[i][0].numpy() for i in range(len(val))])
+    m, _ = evaluate_model(load_classifier(ckpt_path), xs, np.asarray(val.targets), labels, "val", png)
+    return m

@@ -1,6 +1,7 @@
-"""`train(cfg)`: fit a classifier on the prepared manifests, tracked in MLflow.
+"""`train(cfg)`: fit a classifier on the prepared manifests with Lightning, tracked in MLflow.
 
-Returns (metrics, objects) and never exits: the CLI in train/__main__.py wraps it, tests call it.
+Returns (metrics, objects) and never exits: the train stage's CLI (train/__main__.py) wraps it,
+tests call it. Checkpoints carry their MLflow run id, so a resume continues the same run.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
-from train import tracking
+from train import runs, tracking
+from train.config import root_logging_only
 from train.datamodule import ManifestDataModule
-from train.evaluation import classification_metrics, plot_confusion, predict_proba
-from train.module import ImageClassifier, load_classifier
+from train.metrics import validation_report
+from train.module import ImageClassifier
 from train.trainer_setup import resolve_trainer_config
 from visionops.manifest import data_version
 from visionops.preprocess import PreprocessSpec
@@ -76,10 +78,60 @@ def _write_history(run_id: str, out_csv: Path) -> None:
             fh.write(f"{step}," + ",".join(f"{row[k]:.6f}" if k in row else "" for k in keys) + "\n")
 
 
+class RunIdInCheckpoint(L.Callback):
+    """Stores the MLflow run id in every checkpoint, so a resume continues the same run."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[tracking.CKPT_RUN_KEY] = self.run_id
+
+
+def _start_run(cfg: DictConfig, resuming: bool) -> Any:
+    """Rank 0's MLflow run: the checkpoint's own run when resuming (same store), else a new one."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(cfg.logger.experiment_name)
+    previous = tracking.run_in_checkpoint(str(cfg.ckpt_path), exp.experiment_id) if resuming else None
+    parent = None
+    sweep = _sweep_dir()
+    if sweep:
+        parent = tracking.sweep_parent(cfg, str(Path(sweep).resolve()))
+    if cfg.logger.log_system_metrics:
+        mlflow.set_system_metrics_sampling_interval(2)
+        mlflow.set_system_metrics_samples_before_logging(1)
+    tags = {**tracking.process_tags(), "visionops.run_kind": str(cfg.get("run_kind") or "adhoc")}
+    if cfg.get("run_dir"):
+        tags["visionops.output_dir"] = str(cfg.run_dir)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    if resuming:
+        tags["resumed_from"] = str(cfg.ckpt_path)
+    active = mlflow.start_run(run_id=previous, run_name=None if previous else runs.run_name(cfg),
+                              log_system_metrics=bool(cfg.logger.log_system_metrics), tags=tags)
+    return active, previous is not None
+
+
+def _summary(cfg: DictConfig, result: dict[str, Any], reports: Path, uri: str, exp_id: str) -> str:
+    """The line that ends every training: what was trained, how well, where everything went."""
+    best = result.get("best_val_acc")
+    score = f"best val/acc {best:.4f}" if best is not None else (
+        f"val/acc {result['val/acc']:.4f}" if "val/acc" in result else "no validation score")
+    model = result["best_checkpoint"] or "none saved (no checkpoint in this mode)"
+    kind = str(cfg.get("run_kind") or "adhoc")
+    where = "" if kind == "pipeline" else f" ({kind} run, outputs in {cfg.get('run_dir') or Path(cfg.paths.models).parent}/)"
+    epochs = result["epochs"]
+    return (f"Trained {cfg.model.arch} for {epochs} epoch{'s' if epochs != 1 else ''} in {result['seconds']}s{where}: "
+            f"{score}. Model: {model}  Metrics: {reports}/metrics.json  "
+            f"MLflow run: {result['run_id']} (experiment {exp_id}, {uri}; `make mlflow-ui` to browse)")
+
+
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     import mlflow
 
     t0 = time.time()
+    root_logging_only()
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer_kw, channels_last = resolve_trainer_config(cfg.trainer)
 
@@ -114,22 +166,9 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     data_ver = data_version(Path(cfg.paths.prepared))
     active = None
     if rank == 0:
-        parent = None
-        sweep = _sweep_dir()
-        if sweep:
-            parent = tracking.sweep_parent(cfg, str(Path(sweep).resolve()))
-        if cfg.logger.log_system_metrics:
-            mlflow.set_system_metrics_sampling_interval(2)
-            mlflow.set_system_metrics_samples_before_logging(1)
-        active = mlflow.start_run(
-            run_name=cfg.logger.run_name,
-            log_system_metrics=bool(cfg.logger.log_system_metrics),
-            tags={"mlflow.parentRunId": parent} if parent else None,
-        )
+        active, continued = _start_run(cfg, resuming)
         os.environ[tracking.RUN_ID_ENV] = active.info.run_id
-        tracking.log_run_context(cfg, data_ver)
-        if resuming:
-            mlflow.set_tag("resumed_from", str(cfg.ckpt_path))
+        tracking.log_run_context(cfg, data_ver, continued=continued)
     run_id = os.environ[tracking.RUN_ID_ENV]
 
     logger = EpochMLFlowLogger(
@@ -140,9 +179,11 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         mode=cfg.callbacks.checkpoint.mode, save_last=True, enable_version_counter=False,
     )
     es = cfg.callbacks.early_stopping
-    callbacks = [checkpoint, EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta)]
+    callbacks = [checkpoint, RunIdInCheckpoint(run_id),
+                 EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta)]
     trainer = L.Trainer(logger=logger, callbacks=callbacks, deterministic=bool(cfg.deterministic), **trainer_kw)
 
+    status = "FAILED"
     try:
         trainer.fit(model, datamodule=dm, ckpt_path=cfg.get("ckpt_path"))
         if not trainer.is_global_zero:
@@ -158,15 +199,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             "seconds": round(time.time() - t0, 1),
         }
         if best_path:
-            # Validation confusion matrix of the best weights: a picture of what the model confuses.
-            best = load_classifier(best_path)
-            val = dm.datasets["val"]
-            xs = np.stack([val[i][0].numpy() for i in range(len(val))])
-            probs = predict_proba(best, xs)
-            y = np.asarray(val.targets)
-            val_metrics = classification_metrics(probs, y, dm.labels, "val")
-            png = plot_confusion(y, probs.argmax(1), dm.labels, reports / "confusion_val.png",
-                                 f"validation confusion (acc {val_metrics['val/acc']:.3f})")
+            png = reports / "confusion_val.png"
+            val_metrics = validation_report(best_path, dm.datasets["val"], dm.labels, png)
             mlflow.log_artifact(str(png), "plots")
             mlflow.log_metric("val/ece", val_metrics["val/ece"])
             if cfg.logger.log_checkpoint:
@@ -182,13 +216,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         _write_history(run_id, reports / "history.csv")
         mlflow.log_artifact(str(reports / "history.csv"))
         exp_id = mlflow.get_run(run_id).info.experiment_id
-        print(
-            f"Trained {cfg.model.arch} for {result['epochs']} epochs in {result['seconds']}s: "
-            f"best val/acc {result['best_val_acc']:.4f}. Model: {best_path}  Metrics: {reports}/metrics.json  "
-            f"MLflow run: {run_id} (experiment {exp_id}, {uri}; `make mlflow-ui` to browse)"
-        )
+        print(_summary(cfg, result, reports, uri, exp_id), flush=True)
+        status = "KILLED" if trainer.interrupted else "FINISHED"
         return result, {"trainer": trainer, "model": model, "datamodule": dm, "run_id": run_id}
     finally:
         if active is not None:
-            mlflow.end_run()
+            mlflow.end_run(status=status)
             os.environ.pop(tracking.RUN_ID_ENV, None)

@@ -1,38 +1,32 @@
-"""The MLflow model registry: register a version, gate it against the champion, move aliases.
+"""The registry decision shared by the register stage and `python -m train.promote`.
 
-Moving the `champion` alias is the only thing that changes what production serves. A version
-takes it only through `gate()` (or `force=true` with a recorded reason); aliases are moved last,
-after every check, so a failure never leaves anything half-promoted.
+fetch the version -> the current champion -> the gates -> move the aliases -> record the verdict.
+Moving the `champion` alias is the only thing that changes what production serves. A version takes
+it only through the gates (or `force=true` with a recorded reason); aliases are moved last, after
+every check, so a failure never leaves anything half-promoted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-import numpy as np
 from omegaconf import DictConfig
 
 from train.errors import VisionopsError
-from visionops.manifest import read_labels, read_manifest
+from train.gate import gate
 from visionops.model_store import LocalModel, ModelStoreError, check_tracking_server, fetch, store_client
-from visionops.preprocess import PreprocessSpec, load_batch
-
-
-@dataclass
-class Evaluation:
-    version: str
-    correct: np.ndarray
-    accuracy: float
 
 
 def client_for(cfg: DictConfig):
+    """A client of the configured store (checked first); this host's runs whose training process
+    died are marked FAILED on the way, as training does."""
     import mlflow
 
-    from train.tracking import tracking_uri
+    from train.tracking import mark_dead_runs_failed, tracking_uri
 
     uri = tracking_uri(cfg.logger.tracking_uri)
     try:
@@ -40,76 +34,11 @@ def client_for(cfg: DictConfig):
     except ModelStoreError as exc:
         raise VisionopsError(str(exc)) from exc
     mlflow.set_tracking_uri(uri)
-    return store_client(uri), uri
-
-
-def evaluate_version(local: LocalModel, prepared: Path, inputs: dict[str, np.ndarray] | None = None) -> Evaluation:
-    """Accuracy of a version's serving format on the pinned test manifest, per image. `inputs`
-    keeps the decoded test set per preprocessing spec, so versions that share one decode it once."""
-    labels = read_labels(prepared)
-    if list(local.bundle.labels) != labels:
-        raise VisionopsError(
-            f"version {local.version} was trained on labels {local.bundle.labels}, the test manifest has {labels}: "
-            "the versions are not comparable; promote with force=true reason=... if intended"
-        )
-    idx = {label: i for i, label in enumerate(labels)}
-    records = read_manifest(prepared / "test.csv")
-    spec: PreprocessSpec = local.bundle.preprocess
-    key = json.dumps(spec.to_dict(), sort_keys=True)
-    cache = inputs if inputs is not None else {}
-    if key not in cache:
-        cache[key] = load_batch([r.path for r in records], spec)
-    x = cache[key]
-    try:
-        probs = local.load().predict_proba(x)
-    except ModelStoreError as exc:
-        raise VisionopsError(str(exc)) from exc
-    correct = probs.argmax(1) == np.asarray([idx[r.label] for r in records])
-    return Evaluation(local.version, correct, float(correct.mean()))
-
-
-def paired_bootstrap(new: np.ndarray, old: np.ndarray, samples: int, confidence: float, seed: int) -> dict[str, float]:
-    """Confidence interval of accuracy(new) - accuracy(old), resampling images (paired)."""
-    rng = np.random.default_rng(seed)
-    n = len(new)
-    diffs = np.empty(samples)
-    a, b = new.astype(np.float64), old.astype(np.float64)
-    for start in range(0, samples, 500):
-        idx = rng.integers(0, n, size=(min(500, samples - start), n))
-        diffs[start : start + len(idx)] = a[idx].mean(1) - b[idx].mean(1)
-    alpha = (1 - confidence) / 2
-    return {"diff": float(a.mean() - b.mean()), "ci_low": float(np.quantile(diffs, alpha)),
-            "ci_high": float(np.quantile(diffs, 1 - alpha)), "confidence": confidence, "samples": samples}
-
-
-def gate(cfg: DictConfig, challenger: LocalModel, champion: LocalModel | None) -> dict[str, Any]:
-    """Every gate's verdict for a challenger against the current champion (None: first version)."""
-    g = cfg.registry.gate
-    prepared = Path(cfg.paths.prepared)
-    inputs: dict[str, np.ndarray] = {}
-    new = evaluate_version(challenger, prepared, inputs)
-    checks: dict[str, dict[str, Any]] = {}
-    parity = challenger.parity.get("parity", {})
-    checks["parity"] = {"passed": bool(parity.get("passed", False)) or not g.require_parity,
-                        "top1_agreement": parity.get("top1_agreement"), "required": g.require_parity}
-    fmt = challenger.bundle.serving_format
-    p50 = challenger.parity.get("formats", {}).get(fmt, {}).get("p50_ms_batch1")
-    checks["latency"] = {"passed": p50 is not None and p50 <= float(g.latency_budget_ms), "p50_ms_batch1": p50,
-                         "budget_ms": float(g.latency_budget_ms), "format": fmt}
-    verdict: dict[str, Any] = {
-        "model": challenger.name, "challenger": {"version": challenger.version, "accuracy": new.accuracy},
-        "champion": None, "primary_metric": g.primary_metric, "tolerance": float(g.tolerance), "test_images": int(len(new.correct)),
-    }
-    if champion is None:
-        checks["metric"] = {"passed": True, "reason": "no champion yet: the first version becomes champion"}
-    else:
-        old = evaluate_version(champion, prepared, inputs)
-        ci = paired_bootstrap(new.correct, old.correct, int(g.bootstrap_samples), float(g.confidence), int(g.seed))
-        verdict["champion"] = {"version": champion.version, "accuracy": old.accuracy}
-        checks["metric"] = {"passed": ci["ci_low"] >= -float(g.tolerance), **ci}
-    verdict["gates"] = checks
-    verdict["passed"] = all(c["passed"] for c in checks.values())
-    return verdict
+    client = store_client(uri)
+    exp = client.get_experiment_by_name(cfg.logger.experiment_name)
+    if exp is not None:
+        mark_dead_runs_failed(client, exp.experiment_id)
+    return client, uri
 
 
 def model_card(verdict: dict[str, Any], local: LocalModel) -> str:
@@ -150,6 +79,9 @@ def record_verdict(cfg: DictConfig, client: Any, local: LocalModel, verdict: dic
     out = Path(cfg.paths.reports) / "register"
     out.mkdir(parents=True, exist_ok=True)
     (out / "verdict.json").write_text(json.dumps(verdict, indent=2) + "\n")
+    # gate.json is the DVC metric (`dvc metrics show`, `dvc exp show`): the version that is champion
+    # after this run (this one if it passed). The whole decision is verdict.json.
+    (out / "gate.json").write_text(json.dumps({"champion": int(verdict["champion_after"])}, indent=2) + "\n")
     card = model_card(verdict, local)
     (out / "model_card.md").write_text(card)
     name, version = local.name, local.version
@@ -196,14 +128,45 @@ def decide_and_move_aliases(cfg: DictConfig, client: Any, local: LocalModel, ver
         if previous.get("version") and previous["version"] != version:
             client.set_model_version_tag(name, version, "promotion.previous_champion", previous["version"])
         client.set_registered_model_alias(name, r.champion_alias, version)
-        try:
+        from mlflow.exceptions import MlflowException
+
+        with contextlib.suppress(MlflowException):  # no challenger alias: nothing to clear
             if str(client.get_model_version_by_alias(name, r.challenger_alias).version) == str(version):
                 client.delete_registered_model_alias(name, r.challenger_alias)
-        except Exception:  # no challenger alias: nothing to clear
-            pass
     else:
         failed = [k for k, v in verdict["gates"].items() if not v["passed"]]
         verdict["decision"] = f"kept as challenger: failed {', '.join(failed)}"
         client.set_registered_model_alias(name, r.challenger_alias, version)
     verdict["champion_after"] = str(client.get_model_version_by_alias(name, r.champion_alias).version)
     return verdict
+
+
+def decide(cfg: DictConfig, client: Any, version: str, force: bool = False, reason: str | None = None,
+           champion: LocalModel | None | Literal["current"] = "current") -> tuple[dict[str, Any], Path | None]:
+    """Gate registry version `version` of registry.model_name against the champion (looked up
+    unless the caller has it), move the aliases and record the verdict: (verdict, verdict file).
+    `force` (with a `reason`) promotes a version that fails the gates or cannot be compared."""
+    name = cfg.registry.model_name
+    with contextlib.ExitStack() as copies:  # the fetched copies of both versions are removed however this ends
+        challenger = copies.enter_context(fetch_version(client, name, str(version)))
+        try:
+            challenger.load()  # a version that cannot run is never promoted, forced or not
+        except ModelStoreError as exc:
+            raise VisionopsError(str(exc)) from exc
+        if champion == "current":
+            champion = current_champion(cfg, client)
+        if champion is not None:
+            copies.enter_context(champion)
+        if champion is not None and champion.version == challenger.version:
+            return {"model": name, "decision": "already champion", "champion_after": challenger.version}, None
+        try:
+            verdict = gate(cfg, challenger, champion)
+        except VisionopsError:
+            if not force:
+                raise
+            verdict = {"model": name, "challenger": {"version": challenger.version, "accuracy": float("nan")},
+                       "champion": {"version": champion.version, "accuracy": float("nan")} if champion else None,
+                       "gates": {"comparable": {"passed": False}}, "passed": False}
+        verdict = decide_and_move_aliases(cfg, client, challenger, verdict, force=force, reason=reason)
+        run_id = client.get_model_version(name, challenger.version).tags.get("run_id")
+        return verdict, record_verdict(cfg, client, challenger, verdict, run_id)
