@@ -44,6 +44,7 @@ def test_make_notebook_opens_it_in_jupyterlab():
     import socket
     import subprocess
     import time
+    import urllib.error
     import urllib.request
 
     with socket.socket() as s:
@@ -61,9 +62,17 @@ def test_make_notebook_opens_it_in_jupyterlab():
             url = m and m.group(0)
         assert url, f"JupyterLab did not start:\n{out[-3000:]}"
         token = url.split("token=")[1]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/compare_runs.ipynb?token={token}",
-                                    timeout=30) as r:
-            nb = json.loads(r.read())
+        # Jupyter Server prints its URL a moment before its socket listens: retry a refused connection.
+        api = f"http://127.0.0.1:{port}/api/contents/compare_runs.ipynb?token={token}"
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(api, timeout=30) as r:
+                    nb = json.loads(r.read())
+                break
+            except urllib.error.URLError as exc:
+                if not isinstance(exc.reason, ConnectionRefusedError) or proc.poll() is not None:
+                    raise
+                time.sleep(0.5)
         assert nb["type"] == "notebook" and nb["content"]["cells"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
