@@ -42,7 +42,7 @@ JOB_DEFAULTS = {"_job": None, "max_records": None, "html": "0", "pool": "test", 
 
 import numpy as np
 
-from train.config import compose as _compose
+from visionops.config import compose as _compose
 
 # Extra config for every compose() of this benchmark: empty = the repository's champion and
 # reference; `pool=holdout` points everything at a benchmark-only store (see holdout_store()).

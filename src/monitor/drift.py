@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from train.errors import VisionopsError
+from visionops.errors import VisionopsError
 from visionops.imagestats import STAT_COLUMNS
 
 SIGNALS = ("image_stats", "embedding", "predicted_class", "confidence")

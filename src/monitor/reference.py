@@ -33,13 +33,17 @@ CALIBRATION_FILE = "calibration.json"
 
 
 def model_uri(cfg: Any) -> str:
-    return cfg.monitor.get("model_uri") or f"models:/{cfg.registry.model_name}@{cfg.registry.champion_alias}"
+    """monitor.model_uri, else $VISIONOPS_MODEL_URI, else the config's champion (visionops.project)."""
+    from visionops import project
+
+    return project.model_uri(cfg.monitor.get("model_uri"), registry=cfg.registry)
 
 
 def tracking_uri(cfg: Any) -> str:
-    from train.tracking import tracking_uri as resolve  # omegaconf only
+    """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else the project's store (visionops.project)."""
+    from visionops import project
 
-    return resolve(cfg.logger.get("tracking_uri"))
+    return project.tracking_uri(cfg.logger.get("tracking_uri"))
 
 
 def load_runtime(cfg: Any) -> Any:
@@ -163,7 +167,7 @@ def load_reference(cfg: Any) -> tuple[Any, dict[str, Any]]:
 
 
 def main() -> None:
-    from train.config import run_task
+    from visionops.config import run_task
 
     run_task(build_reference, "monitor.reference")
 
