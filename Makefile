@@ -134,6 +134,7 @@ bench: $(STAMP) wrk
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/export.py model=resnet18
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/runtime_steps.py
 	$(BIN)/python benchmarks/drift.py
 
 lint: $(STAMP)
