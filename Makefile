@@ -102,12 +102,12 @@ test: $(STAMP)
 # Runs and the registry; prints "MLflow UI ready at <url>" once the page answers (a link to the
 # model-training view). Ctrl-C stops it.
 mlflow-ui: $(STAMP)
-	@$(BIN)/python -m visionops.webui mlflow port=$(MLFLOW_PORT) store=sqlite:///mlflow.db
+	@$(BIN)/python -m visionops.webui mlflow port=$(MLFLOW_PORT)
 
-# The model behind the champion alias, over HTTP (BentoML). PORT picks the port.
+# The model behind the champion alias, over HTTP (BentoML). PORT picks the port. Which model and
+# store: $VISIONOPS_MODEL_URI and $MLFLOW_TRACKING_URI, else the project's (src/visionops/project.py).
 serve: $(STAMP)
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db} \
-	  $(BIN)/bentoml serve serve.service:Classifier --host 127.0.0.1 --port $(PORT)
+	$(BIN)/bentoml serve serve.service:Classifier --host 127.0.0.1 --port $(PORT)
 
 # The drift job on the last 24 h of the production log (schedule it: see the README's cron line).
 monitor: $(STAMP)
@@ -134,6 +134,7 @@ bench: $(STAMP) wrk
 	$(BIN)/python benchmarks/export.py
 	$(BIN)/python benchmarks/export.py model=resnet18
 	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/runtime_steps.py
 	$(BIN)/python benchmarks/drift.py
 
 lint: $(STAMP)

@@ -42,7 +42,7 @@ JOB_DEFAULTS = {"_job": None, "max_records": None, "html": "0", "pool": "test", 
 
 import numpy as np
 
-from train.config import compose as _compose
+from visionops.config import compose as _compose
 
 # Extra config for every compose() of this benchmark: empty = the repository's champion and
 # reference; `pool=holdout` points everything at a benchmark-only store (see holdout_store()).
@@ -110,12 +110,7 @@ def pool(seed: int):
                         uploads.append(png)
                 per_image.append(list(seen.values()))
             groups[(c, s)] = per_image
-    records = []
-    for start in range(0, len(uploads), 256):
-        xs, stats = zip(*(rt.prepare(b) for b in uploads[start:start + 256]))
-        logits, emb = rt.infer(np.concatenate(xs))
-        preds, probs = rt.predictions(logits)
-        records += [rt.record(f"bench-{start + k}", stats[k], emb[k], preds[k], probs[k]) for k in range(len(xs))]
+    _, records = rt.run(uploads, [f"bench-{k}" for k in range(len(uploads))], batch_size=256)
     feats = features(pd.DataFrame(records), rt.bundle.labels)
     clean = [records[r[0]] for r in groups[("none", 0)]]
     return feats, groups, clean, len(images)

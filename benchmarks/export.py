@@ -15,9 +15,9 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from train.config import compose
 from train.export import export
 from visionops.cli import parse_key_values
+from visionops.config import compose
 
 USAGE = "usage: benchmarks/export.py [model=small_cnn]"
 

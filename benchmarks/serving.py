@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         from serve.settings import Settings
 
         rt = ModelRuntime.load(Settings(model_uri=uri, tracking_uri=tracking, log_dir=None))
-        tensor = json.dumps({"inputs": rt.prepare(png)[0].tolist()}).encode()
+        tensor = json.dumps({"inputs": rt.prepare(png).x.tolist()}).encode()
         port_a, port_b = launch.free_port(), launch.free_port()
         a = launch.bentoml_serve("serve.service:Classifier", port_a, WORK / "bentoml.log",
                                  {"MLFLOW_TRACKING_URI": tracking, "VISIONOPS_MODEL_URI": uri, "VISIONOPS_WORKERS": workers,

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from train.config import compose
 from train.datamodule import ManifestDataModule
 from train.module import ImageClassifier
 from train.prepare import prepare
 from visionops.cli import parse_key_values
+from visionops.config import compose
 from visionops.preprocess import PreprocessSpec
 
 USAGE = "usage: benchmarks/train_throughput.py [epochs=3] [model=small_cnn] [batch_size=64] [workdir=outputs/bench_train]"

@@ -52,5 +52,5 @@ def digits_full(tmp_path_factory) -> Path:
 
 def pytest_addoption(parser):
     parser.addoption("--model-uri", default=None,
-                     help="registered model the tests/model suite checks (default: models:/visionops-digits@champion "
-                          "in $MLFLOW_TRACKING_URI or ./mlflow.db; built in a temporary store if absent)")
+                     help="registered model the tests/model suite checks (default: the project's champion in its "
+                          "store, see visionops.project; built in a temporary store if absent)")

@@ -34,7 +34,7 @@ def tiny_overrides(tmp: Path, data_root: Path, extra: list[str] | None = None) -
 
 
 def make_cfg(tmp: Path, data_root: Path, extra: list[str] | None = None) -> DictConfig:
-    from train.config import compose
+    from visionops.config import compose
 
     return compose(tiny_overrides(tmp, data_root, extra))
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 def main() -> None:
     from monitor.job import run_job
-    from train.config import run_task
+    from visionops.config import run_task
 
     run_task(run_job, "monitor")
 

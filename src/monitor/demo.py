@@ -10,7 +10,6 @@ the corrupted window is the same kind of images through `monitor.corruptions`.
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -34,6 +33,7 @@ def _stamp(t: float) -> str:
 
 def main() -> None:
     from monitor.job import run_job
+    from monitor.reference import model_uri, tracking_uri
     from monitor.simulate import main as simulate
 
     try:
@@ -53,8 +53,7 @@ def main() -> None:
     print(f"\n== the loop: serving the champion on http://127.0.0.1:{port}, production log in {log_dir}/ ==")
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {"VISIONOPS_PREDICTION_LOG": str(log_dir), "VISIONOPS_KEEP_IMAGES": "0.25",
-           "VISIONOPS_MODEL_URI": f"models:/{cfg.registry.model_name}@{cfg.registry.champion_alias}",
-           "MLFLOW_TRACKING_URI": os.environ.get("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / 'mlflow.db'}")}
+           "VISIONOPS_MODEL_URI": model_uri(cfg), "MLFLOW_TRACKING_URI": tracking_uri(cfg)}
     try:
         proc = launch.bentoml_serve("serve.service:Classifier", port, run_dir / "server.log", env)
     except RuntimeError as exc:

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from train.errors import VisionopsError
-from visionops.imagestats import STAT_COLUMNS
+from visionops.errors import VisionopsError
+from visionops.records import EMBEDDING, FEATURE_COLUMNS, LABEL, SCORE, STAT_COLUMNS
 
 SIGNALS = ("image_stats", "embedding", "predicted_class", "confidence")
 DESCRIPTIONS = {
@@ -38,8 +38,6 @@ DESCRIPTIONS = {
     "confidence": "confidence, top-1 probability (scaled KS)",
 }
 VERDICT_DRIFT, VERDICT_OK, VERDICT_INSUFFICIENT = "drift detected", "no drift", "insufficient data"
-# Columns every reference and production table has (the production log's schema).
-FEATURE_COLUMNS = (*STAT_COLUMNS, "embedding", "predicted_label", "top_score")
 
 
 class MonitorError(VisionopsError):
@@ -68,14 +66,14 @@ def features(df: Any, labels: Sequence[str]) -> Features:
     if missing:
         raise ValueError(f"records lack the columns {missing}: not a visionops prediction log / reference")
     stats = df[list(STAT_COLUMNS)].to_numpy(dtype=np.float64)
-    emb_list = [np.asarray(e, dtype=np.float64) for e in df["embedding"]]
+    emb_list = [np.asarray(e, dtype=np.float64) for e in df[EMBEDDING]]
     dims = {e.shape for e in emb_list}
     if len(dims) > 1:
         raise ValueError(f"embeddings of different sizes in one table: {sorted(dims)}")
     emb = np.stack(emb_list) if emb_list else np.zeros((0, 0))
     index = {str(label): i for i, label in enumerate(labels)}
-    cls = np.asarray([index.get(str(v), len(labels)) for v in df["predicted_label"]], dtype=np.int64)
-    conf = df["top_score"].to_numpy(dtype=np.float64)
+    cls = np.asarray([index.get(str(v), len(labels)) for v in df[LABEL]], dtype=np.int64)
+    conf = df[SCORE].to_numpy(dtype=np.float64)
     return Features(stats, emb, cls, conf)
 
 

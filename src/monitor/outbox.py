@@ -162,7 +162,7 @@ def flush(cfg: Any) -> dict[str, int]:
 
 
 def main() -> None:
-    from train.config import run_task
+    from visionops.config import run_task
 
     run_task(flush, "monitor")
 

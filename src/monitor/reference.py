@@ -3,10 +3,10 @@
     python -m monitor.reference [--params params.yaml | Hydra overrides, e.g. monitor.window_size=300]
 
 1. Features of the validation split (``<paths.prepared>/<monitor.reference_split>.csv``) with the
-   champion, computed exactly as serving computes them: ``serve.runtime.ModelRuntime`` decodes,
-   takes the image statistics, preprocesses, infers and builds the production-log record of every
-   image. Saved as ``<monitor.reference_dir>/reference.parquet`` (the production log's columns, plus
-   the true ``label`` and the image ``path``).
+   champion, computed exactly as serving computes them: ``serve.runtime.ModelRuntime.run`` decodes,
+   takes the image statistics, preprocesses, infers and builds the production-log record
+   (``visionops.records``) of every image. Saved as ``<monitor.reference_dir>/reference.parquet``
+   (the production log's columns but the timestamp, plus the true ``label`` and the image ``path``).
 2. Calibration: the drift scores (``monitor.drift``, the same functions the job runs) of
    ``calibration_splits`` random no-drift splits of the reference into windows of ``window_size``
    records; each signal's threshold is the (1 - level) quantile of its scores. Saved as
@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from monitor.drift import FEATURE_COLUMNS, MonitorError, Scorer, calibrate, features
+from monitor.drift import MonitorError, Scorer, calibrate, features
 from visionops.manifest import read_labels, read_manifest
+from visionops.records import FEATURE_COLUMNS
 
 log = logging.getLogger("visionops.monitor")
 
@@ -33,13 +34,17 @@ CALIBRATION_FILE = "calibration.json"
 
 
 def model_uri(cfg: Any) -> str:
-    return cfg.monitor.get("model_uri") or f"models:/{cfg.registry.model_name}@{cfg.registry.champion_alias}"
+    """monitor.model_uri, else $VISIONOPS_MODEL_URI, else the config's champion (visionops.project)."""
+    from visionops import project
+
+    return project.model_uri(cfg.monitor.get("model_uri"), registry=cfg.registry)
 
 
 def tracking_uri(cfg: Any) -> str:
-    from train.tracking import tracking_uri as resolve  # omegaconf only
+    """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else the project's store (visionops.project)."""
+    from visionops import project
 
-    return resolve(cfg.logger.get("tracking_uri"))
+    return project.tracking_uri(cfg.logger.get("tracking_uri"))
 
 
 def load_runtime(cfg: Any) -> Any:
@@ -56,25 +61,13 @@ def load_runtime(cfg: Any) -> Any:
 
 
 def extract(rt: Any, paths: list[Path], batch_size: int = 64) -> list[dict[str, Any]]:
-    """Production-log records of images, through the serving runtime (prepare -> infer -> record)."""
-    from visionops.images import ImageDecodeError
+    """Production-log records of images, through the serving runtime's one operation."""
+    from serve.runtime import UploadError
 
-    records: list[dict[str, Any]] = []
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        xs, stats = [], []
-        for p in chunk:
-            try:
-                x, s = rt.prepare(Path(p).read_bytes())
-            except (ImageDecodeError, OSError) as exc:
-                raise MonitorError(f"reference image {p} cannot be used: {exc}") from exc
-            xs.append(x)
-            stats.append(s)
-        logits, emb = rt.infer(np.concatenate(xs))
-        preds, probs = rt.predictions(logits)
-        for i, p in enumerate(chunk):
-            records.append(rt.record(f"reference-{start + i:06d}", stats[i], emb[i], preds[i], probs[i]))
-    return records
+    try:
+        return rt.run(paths, [f"reference-{i:06d}" for i in range(len(paths))], batch_size)[1]
+    except UploadError as exc:
+        raise MonitorError(f"reference image {paths[exc.index]} cannot be used: {exc.reason}") from exc
 
 
 def reference_dir(cfg: Any) -> Path:
@@ -163,7 +156,7 @@ def load_reference(cfg: Any) -> tuple[Any, dict[str, Any]]:
 
 
 def main() -> None:
-    from train.config import run_task
+    from visionops.config import run_task
 
     run_task(build_reference, "monitor.reference")
 

@@ -4,5 +4,10 @@
   python -m serve.batch input=... output=...  batch inference over a folder or a video
   python -m serve.package                     the `bento` stage: GPU and CPU bentos of the champion
 
-Imports only the shared `visionops` package, never Lightning or the Hydra training code.
+`serve.runtime` is the one operation every caller runs (upload bytes -> prepare -> infer ->
+finish: predictions and production-log records); the service runs its steps around BentoML's
+batcher, the monitor's reference stage and the benchmarks in one call.
+
+Imports only the shared `visionops` package (and BentoML, ONNX Runtime), never `train`, `monitor`,
+Lightning, Hydra or torch: the bento carries `serve/` and `visionops/` alone.
 """

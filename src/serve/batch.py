@@ -1,10 +1,12 @@
 """Batch inference: run a registered model over a folder of images or a video's frames into Parquet/CSV.
 
     python -m serve.batch input=<folder|image|video> output=<file.parquet|file.csv>
-        [model=models:/visionops-digits@champion] [every=N] [batch_size=64] [tracking_uri=...] [recursive=true]
+        [model=models:/<name>@<alias>] [every=N] [batch_size=64] [tracking_uri=...] [recursive=true]
 
-Images and video frames go through the bundle's own preprocessing (the one serving uses). A corrupt
-image gets a row with `error` set instead of stopping the run. Imports only `visionops`, never `train`.
+model= and tracking_uri= default to $VISIONOPS_MODEL_URI and $MLFLOW_TRACKING_URI, else to the
+project's champion and store (`visionops.project`). Images and video frames go through the
+bundle's own preprocessing (the one serving uses). A corrupt image gets a row with `error` set
+instead of stopping the run. Imports only `visionops`, never `train`.
 """
 
 from __future__ import annotations
@@ -22,19 +24,21 @@ from typing import Any
 
 import numpy as np
 
+from visionops import project
 from visionops.cli import parse_key_values
+from visionops.errors import VisionopsError
 from visionops.images import IMAGE_SUFFIXES, ImageDecodeError, is_image_file, list_images, normalize_mode
 from visionops.model_store import ModelStoreError, fetch
 from visionops.onnx_runtime import top_k
 from visionops.preprocess import PreprocessSpec, batch, load_and_preprocess, preprocess
 
-DEFAULTS: dict[str, str | None] = {"input": None, "output": None, "model": "models:/visionops-digits@champion",
+DEFAULTS: dict[str, str | None] = {"input": None, "output": None, "model": None,
                                    "every": "1", "batch_size": "64", "tracking_uri": None, "recursive": "true"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm"}
 OUTPUT_SUFFIXES = (".parquet", ".csv")
 TOP_K = 5
 USAGE = ("usage: python -m serve.batch input=<folder|image|video> output=<file.parquet|file.csv> "
-         "[model=models:/visionops-digits@champion] [every=N] [batch_size=64] [tracking_uri=...] [recursive=true]")
+         "[model=models:/<name>@<alias>] [every=N] [batch_size=64] [tracking_uri=...] [recursive=true]")
 
 Item = tuple[dict[str, Any], "np.ndarray | None"]  # row fields so far, model input (None when it failed)
 
@@ -119,7 +123,7 @@ def predict_items(onnx: Any, items: Iterable[Item], labels: list[str], version: 
     return rows
 
 
-def run(input: str | os.PathLike, output: str | os.PathLike, model: str = str(DEFAULTS["model"]), every: int = 1,
+def run(input: str | os.PathLike, output: str | os.PathLike, model: str | None = None, every: int = 1,
         batch_size: int = 64, tracking_uri: str | None = None, recursive: bool = True,
         progress: bool = True) -> BatchResult:
     """Predict every image under `input` (or every `every`-th frame of a video) and save the table."""
@@ -137,8 +141,9 @@ def run(input: str | os.PathLike, output: str | os.PathLike, model: str = str(DE
     paths = list_images(src, recursive) if src.is_dir() else [src] if is_image_file(src) else None
     if paths == []:
         raise BatchError(f"no image files under {src} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///"):]).is_file():
+    model, tracking_uri = project.model_uri(model), project.tracking_uri(tracking_uri)
+    db = project.sqlite_file(tracking_uri)
+    if db is not None and not db.is_file():
         raise BatchError(f"no MLflow store at {tracking_uri} (MLflow would create an empty one): set "
                          "MLFLOW_TRACKING_URI or tracking_uri= to the store the model is registered in")
     cap = open_video(src) if paths is None else None
@@ -194,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         result = run(**parse_args(argv))
-    except (BatchError, ModelStoreError) as exc:
+    except (BatchError, ModelStoreError, VisionopsError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
     print(result.summary())

@@ -1,6 +1,9 @@
 """The `bento` stage: package the champion model as BentoML bentos, a GPU and a CPU variant.
 
-    python -m serve.package [model=models:/visionops-digits@champion] [targets=gpu,cpu] [out=models/bento]
+    python -m serve.package [model=models:/<name>@<alias>] [targets=gpu,cpu] [out=models/bento]
+
+model= defaults to $VISIONOPS_MODEL_URI, else to the project's champion, from the store of
+$MLFLOW_TRACKING_URI, else the project's (`visionops.project`).
 
 For each target: the registered version's files become a BentoML model, `bentoml build` builds
 the service with it inside (the GPU variant on a CUDA base image with ONNX Runtime's CUDA
@@ -19,9 +22,11 @@ import sys
 from pathlib import Path
 
 from visionops.cli import parse_key_values
+from visionops.errors import VisionopsError
 from visionops.model_store import ModelStoreError, fetch
+from visionops.project import model_uri, tracking_uri
 
-USAGE = "usage: python -m serve.package [model=models:/visionops-digits@champion] [targets=gpu,cpu] [out=models/bento]"
+USAGE = "usage: python -m serve.package [model=models:/<name>@<alias>] [targets=gpu,cpu] [out=models/bento]"
 
 
 def build_context() -> Path:
@@ -30,11 +35,11 @@ def build_context() -> Path:
     return here if (here / "bentofile.yaml").exists() else Path(__file__).resolve().parents[1]
 
 
-def import_model(uri: str, tracking_uri: str | None) -> str:
+def import_model(uri: str, store: str) -> str:
     """The registered version as a BentoML model (name:version); returns its tag."""
     import bentoml
 
-    with fetch(uri, tracking_uri=tracking_uri) as local:  # a temporary copy, removed on the way out
+    with fetch(uri, tracking_uri=store) as local:  # a temporary copy, removed on the way out
         tag = f"{local.name}:v{local.version}"
         try:
             bentoml.models.get(tag)  # already imported
@@ -83,16 +88,15 @@ def build(target: str, model_tag: str, out: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    defaults = {"model": os.environ.get("VISIONOPS_MODEL_URI", "models:/visionops-digits@champion"),
-                "targets": "gpu,cpu", "out": "models/bento"}
+    defaults = {"model": None, "targets": "gpu,cpu", "out": "models/bento"}
     try:
         args = parse_key_values(sys.argv[1:] if argv is None else argv, defaults, USAGE)
         targets = [t for t in str(args["targets"]).split(",") if t]
         if not targets or set(targets) - {"gpu", "cpu"}:
             raise ValueError(f"targets= takes gpu, cpu or gpu,cpu; got {args['targets']!r}")
-        uri, out = str(args["model"]), Path(str(args["out"]))
-        model_tag = import_model(uri, os.environ.get("MLFLOW_TRACKING_URI"))
-    except (ValueError, ModelStoreError) as exc:
+        uri, out = model_uri(args["model"]), Path(str(args["out"]))
+        model_tag = import_model(uri, tracking_uri())
+    except (ValueError, ModelStoreError, VisionopsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     built = {t: build(t, model_tag, out) for t in targets}

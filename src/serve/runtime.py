@@ -1,5 +1,12 @@
-"""The model behind the service: load, warm up, preprocess, predict, log. No BentoML here, so
-it is tested in-process and reused by the batch CLI and the benchmarks."""
+"""The model behind the service: load, warm up, and the one operation every caller runs.
+
+    upload bytes -> prepare (decode, image statistics, preprocess) -> infer -> finish (predictions,
+    production-log records, kept images, the log)
+
+The service runs the three steps itself, because its adaptive batcher joins the `infer` of
+concurrent requests; every other caller (the monitor's reference, the benchmarks, the tests)
+runs them in one call, `run`. No BentoML here, so it is tested in-process.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +15,21 @@ import os
 import random
 import re
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from serve.settings import Settings
+from visionops import records
 from visionops.bundle import ModelBundle
-from visionops.images import ImageDecodeError, decode_with_info
+from visionops.images import ImageDecodeError, ImageSource, decode_with_info
 from visionops.imagestats import image_stats
 from visionops.model_store import fetch
 from visionops.onnx_runtime import OnnxModel, available_providers, softmax, top_k
-from visionops.prediction_log import PredictionLog, PredictionLogError, now_iso
+from visionops.prediction_log import PredictionLog, PredictionLogError
 from visionops.preprocess import preprocess
 
 log = logging.getLogger("visionops.serve")
@@ -27,7 +37,28 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}")
 
 
+@dataclass(slots=True)
+class Prepared:
+    """One upload, decoded and ready for the model, with what its record needs."""
+
+    x: np.ndarray                # (1, C, H, W) float32: the model's input
+    stats: dict[str, float]      # the image statistics (visionops.imagestats)
+    request_id: str
+    data: bytes | None = None    # the upload as sent: a kept image is written from it
+    suffix: str = ".img"         # the upload's file suffix, for a kept image's name
+
+
+class UploadError(ImageDecodeError):
+    """One upload of several does not decode: `index` (0-based) says which, `reason` why."""
+
+    def __init__(self, index: int, total: int, reason: ImageDecodeError):
+        super().__init__(f"image {index + 1} of {total}: {reason}")
+        self.index, self.reason = index, reason
+
+
 class ModelRuntime:
+    """A registered model version ready to serve: its bundle, an ONNX Runtime session, the log."""
+
     def __init__(self, model_dir: Path, name: str, version: str, settings: Settings):
         self.settings = settings
         self.bundle = ModelBundle.load(model_dir / "artifacts")
@@ -61,18 +92,63 @@ class ModelRuntime:
         for n in (1, min(8, self.settings.max_batch_size)):
             self.model.run(np.zeros((n, self.spec.channels, h, w), np.float32))
 
-    def prepare(self, data: bytes | str | os.PathLike) -> tuple[np.ndarray, dict[str, float]]:
-        """Decode + preprocess one upload: (1,C,H,W) input and its image statistics.
-        Raises ImageDecodeError with a client-facing message."""
+    def prepare(self, data: ImageSource, request_id: str = "", suffix: str = ".img") -> Prepared:
+        """Decode + take the statistics + preprocess one upload. Raises ImageDecodeError with a
+        client-facing message."""
         img, info = decode_with_info(data, channels=self.spec.channels, max_bytes=self.settings.max_bytes,
                                      max_pixels=self.settings.max_pixels)
         stats = image_stats(img, original_channels=int(info["channels"]))
-        return preprocess(img, self.spec)[None], stats
+        return Prepared(preprocess(img, self.spec)[None], stats, request_id,
+                        data if isinstance(data, bytes) else None, suffix)
 
     def infer(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The model on a batch: (logits, embeddings)."""
         return self.model.run(x)
 
+    def finish(self, prepared: Sequence[Prepared], logits: np.ndarray,
+               embeddings: np.ndarray) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The predictions of uploads the model has run on, and their production-log records,
+        appended to the log (when there is one) whole or not at all: on a PredictionLogError their
+        kept images are removed too, so an answered upload always has its record."""
+        preds, probs = self.predictions(logits)
+        recs: list[dict[str, Any]] = []
+        try:
+            for i, p in enumerate(prepared):
+                recs.append(self._record(p, embeddings[i], preds[i], probs[i]))
+            if self.prediction_log is not None:
+                self.prediction_log.write(recs)
+        except PredictionLogError:
+            for rec in recs:
+                if rec[records.IMAGE_PATH]:
+                    Path(rec[records.IMAGE_PATH]).unlink(missing_ok=True)
+            raise
+        return preds, recs
+
+    def run(self, uploads: Sequence[ImageSource], request_ids: Sequence[str],
+            batch_size: int | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The whole operation for callers that hold their uploads (bytes or paths): prepare, infer
+        in batches of `batch_size` (max_batch_size), finish. UploadError names an upload that does
+        not decode; the batches before it have been finished."""
+        if len(uploads) != len(request_ids):
+            raise ValueError(f"{len(uploads)} uploads but {len(request_ids)} request ids")
+        size = batch_size or self.settings.max_batch_size
+        preds: list[dict[str, Any]] = []
+        recs: list[dict[str, Any]] = []
+        for start in range(0, len(uploads), size):
+            batch = []
+            for i in range(start, min(start + size, len(uploads))):
+                try:
+                    batch.append(self.prepare(uploads[i], request_ids[i]))
+                except ImageDecodeError as exc:
+                    raise UploadError(i, len(uploads), exc) from exc
+            logits, emb = self.infer(np.concatenate([p.x for p in batch]))
+            p, r = self.finish(batch, logits, emb)
+            preds += p
+            recs += r
+        return preds, recs
+
     def predictions(self, logits: np.ndarray) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """Each row's answer (label, score, top-k, model version) and the probabilities."""
         probs = softmax(logits)
         k = min(self.settings.top_k, probs.shape[1])
         out = []
@@ -81,17 +157,12 @@ class ModelRuntime:
             out.append({**best[0], "top_k": best, "model_version": self.version})
         return out, probs
 
-    def record(self, request_id: str, stats: dict[str, float], embedding: np.ndarray, pred: dict[str, Any],
-               probs: np.ndarray, data: bytes | None = None, suffix: str = ".img") -> dict[str, Any]:
-        rec: dict[str, Any] = {
-            "timestamp": now_iso(), "request_id": request_id, "model_name": self.name, "model_version": self.version,
-            **stats, "embedding": np.round(np.asarray(embedding, np.float64), 6).tolist(),
-            "predicted_label": pred["label"], "top_score": pred["score"],
-            "probabilities": np.round(np.asarray(probs, np.float64), 6).tolist(), "image_path": None,
-        }
-        if self.images_dir is not None and data is not None and random.random() < self.settings.keep_images:
-            rec["image_path"] = str(self._keep(request_id, data, suffix))
-        return rec
+    def _record(self, p: Prepared, embedding: np.ndarray, pred: dict[str, Any], probs: np.ndarray) -> dict[str, Any]:
+        kept = None
+        if self.images_dir is not None and p.data is not None and random.random() < self.settings.keep_images:
+            kept = str(self._keep(p.request_id, p.data, p.suffix))
+        return records.build(p.request_id, self.name, self.version, p.stats, embedding,
+                             records.classification_outputs(pred, probs), kept)
 
     def _keep(self, request_id: str, data: bytes, suffix: str) -> Path:
         """Write a kept image under a name no other request can take: the id and the suffix come
@@ -113,20 +184,6 @@ class ModelRuntime:
             raise PredictionLogError(f"cannot keep the image in {self.images_dir}: {exc.strerror}") from exc
         return path
 
-    def log(self, records: list[dict[str, Any]]) -> None:
-        """Append served predictions to the production log, whole or not at all: on a
-        PredictionLogError the records' kept images are removed too, and the caller refuses the
-        request (a 503), so an answered request always has its record."""
-        if self.prediction_log is None:
-            return
-        try:
-            self.prediction_log.write(records)
-        except PredictionLogError:
-            for rec in records:
-                if rec.get("image_path"):
-                    Path(rec["image_path"]).unlink(missing_ok=True)
-            raise
-
     def ready(self) -> bool:
         """Whether predictions can be logged (see PredictionLog.ready); serving waits on it."""
         return self.prediction_log is None or self.prediction_log.ready()
@@ -139,4 +196,4 @@ class ModelRuntime:
                 "data_version": b.data_version, "metrics": b.metrics}
 
 
-__all__ = ["ImageDecodeError", "ModelRuntime", "PredictionLogError"]
+__all__ = ["ImageDecodeError", "ModelRuntime", "PredictionLogError", "Prepared", "UploadError"]

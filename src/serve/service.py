@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import bentoml
 import numpy as np
@@ -31,6 +31,10 @@ from serve.gate import Gate
 from serve.inputs import Upload, request_id
 from serve.settings import Settings
 from visionops.images import ImageDecodeError
+from visionops.prediction_log import PredictionLogError
+
+if TYPE_CHECKING:
+    from serve.runtime import Prepared
 
 bentoml_fixes.apply()
 
@@ -119,13 +123,8 @@ class Classifier:
     @bentoml.api(route="/classify")
     async def classify(self, image: Upload, ctx: bentoml.Context) -> Prediction:
         """Classify one image (multipart field `image`): label, score, top-k, model version."""
-        rid = _request_id(ctx)
-        data = image.read_bytes()
-        x, stats = await self._prepare(data)
-        logits, emb = await self._batched(x)
-        preds, probs = self.rt.predictions(logits)
-        self._log([self.rt.record(rid, stats, emb[0], preds[0], probs[0], data, image.suffix or ".img")])
-        return preds[0]
+        upload = await self._prepare(image.read_bytes(), _request_id(ctx), image.suffix)
+        return (await self._answer([upload]))[0]
 
     @bentoml.api(route="/classify_batch")
     async def classify_batch(self, images: list[Upload], ctx: bentoml.Context) -> list[Prediction]:
@@ -136,25 +135,19 @@ class Classifier:
         if len(images) > SETTINGS.max_batch_images:
             raise InvalidArgument(f"{len(images)} images in one request, over the limit of "
                                   f"{SETTINGS.max_batch_images} (VISIONOPS_MAX_BATCH_IMAGES): send them in several")
-        data = [image.read_bytes() for image in images]
-        prepared = []
-        for i, d in enumerate(data):
+        uploads = []
+        for i, image in enumerate(images):
             try:
-                prepared.append(await self._prepare(d))
+                uploads.append(await self._prepare(image.read_bytes(), f"{rid}-{i}", image.suffix))
             except InvalidArgument as exc:
                 raise InvalidArgument(f"image {i + 1} of {len(images)}: {exc}") from exc
-        logits, emb = await self._batched(np.concatenate([x for x, _ in prepared]))
-        preds, probs = self.rt.predictions(logits)
-        self._log([self.rt.record(f"{rid}-{i}", stats, emb[i], preds[i], probs[i], data[i], images[i].suffix or ".img")
-                   for i, (_x, stats) in enumerate(prepared)])
-        return preds
+        return await self._answer(uploads)
 
     @bentoml.api(route="/embed")
     async def embed(self, image: Upload, ctx: bentoml.Context) -> Embedding:
         """The image's embedding: the vector the drift monitor compares with training data."""
-        _request_id(ctx)
-        x, _stats = await self._prepare(image.read_bytes())
-        _logits, emb = await self._batched(x)
+        upload = await self._prepare(image.read_bytes(), _request_id(ctx))
+        _logits, emb = await self._batched(upload.x)
         return {"embedding": emb[0].tolist(), "dim": int(emb.shape[1]), "model_version": self.rt.version}
 
     @bentoml.api(route="/metadata")
@@ -185,19 +178,38 @@ class Classifier:
         gc.collect()
         gc.freeze()
 
-    # -- the steps -------------------------------------------------------------------------------
+    # -- the steps: the runtime's prepare -> infer -> finish, with the batcher around infer ------------
 
-    async def _prepare(self, data: bytes) -> tuple[np.ndarray, dict[str, float]]:
+    async def _prepare(self, data: bytes, rid: str, suffix: str = ".img") -> Prepared:
         """Decode + preprocess one upload; InvalidArgument (400) with the client's message.
         Small uploads are decoded on the event loop: a thread hop would cost more than the decode."""
         try:
             if len(data) <= INLINE_DECODE_BYTES:
-                return self.rt.prepare(data)
+                return self.rt.prepare(data, rid, suffix)
             import anyio
 
-            return await anyio.to_thread.run_sync(self.rt.prepare, data)
+            return await anyio.to_thread.run_sync(self.rt.prepare, data, rid, suffix)
         except ImageDecodeError as exc:
             raise InvalidArgument(str(exc)) from exc
+
+    async def _answer(self, uploads: list[Prepared]) -> list[Prediction]:
+        """The model on the uploads (joined with other requests' by the batcher), then their
+        predictions, each with its record in the production log, or the request is refused (503):
+        an answered request always has its record. The server log says when logging stops and
+        when it works again, not once per request."""
+        x = uploads[0].x if len(uploads) == 1 else np.concatenate([u.x for u in uploads])
+        logits, emb = await self._batched(x)
+        try:
+            preds, _records = self.rt.finish(uploads, logits, emb)
+        except PredictionLogError as exc:
+            if not self._log_failing:
+                log.error("%s: refusing predictions (503, /readyz 503) until it can be written again", exc)
+            self._log_failing = True
+            raise ServiceUnavailable(f"{exc}; the prediction was not served: retry later") from None
+        if self._log_failing:
+            log.warning("the prediction log can be written again: serving predictions")
+            self._log_failing = False
+        return preds  # type: ignore[return-value]  # dicts of Prediction's shape
 
     async def _infer_batches(self, inputs: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         import anyio
@@ -209,23 +221,6 @@ class Classifier:
             out.append((logits[i : i + len(a)], emb[i : i + len(a)]))
             i += len(a)
         return out
-
-    def _log(self, records: list[dict[str, Any]]) -> None:
-        """Append the records to the production log, or refuse the request (503): an answered
-        request always has its record. The server log says when logging stops and when it works
-        again, not once per request."""
-        from visionops.prediction_log import PredictionLogError
-
-        try:
-            self.rt.log(records)
-        except PredictionLogError as exc:
-            if not self._log_failing:
-                log.error("%s: refusing predictions (503, /readyz 503) until it can be written again", exc)
-            self._log_failing = True
-            raise ServiceUnavailable(f"{exc}; the prediction was not served: retry later") from None
-        if self._log_failing:
-            log.warning("the prediction log can be written again: serving predictions")
-            self._log_failing = False
 
 
 def _request_id(ctx: bentoml.Context) -> str:

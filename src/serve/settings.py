@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from visionops import project
+
 
 def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
@@ -12,8 +14,9 @@ def _env(name: str, default: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    model_uri: str = field(default_factory=lambda: _env("VISIONOPS_MODEL_URI", "models:/visionops-digits@champion"))
-    tracking_uri: str | None = field(default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI"))
+    # $VISIONOPS_MODEL_URI / $MLFLOW_TRACKING_URI, else the project's champion and store (visionops.project).
+    model_uri: str = field(default_factory=project.model_uri)
+    tracking_uri: str = field(default_factory=project.tracking_uri)
     max_bytes: int = field(default_factory=lambda: int(_env("VISIONOPS_MAX_BYTES", str(10 * 1024 * 1024))))
     max_pixels: int = field(default_factory=lambda: int(_env("VISIONOPS_MAX_PIXELS", str(25_000_000))))
     max_batch_images: int = field(default_factory=lambda: int(_env("VISIONOPS_MAX_BATCH_IMAGES", "64")))

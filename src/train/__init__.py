@@ -8,6 +8,9 @@ Stages (each a `python -m` entry point, and a stage of dvc.yaml but promote):
   python -m train.export     ONNX fp32 and int8 with parity measured
   python -m train.register   a registry version, gated against the champion
   python -m train.promote    move the champion alias by hand (through the gates, or forced)
-Helpers: fit (the training loop), metrics, gate, decision, runs, tracking, config, datamodule,
-module, models, trainer_setup; params and views (make targets).
+Helpers: fit (the training loop), metrics, gate, decision, runs, tracking, datamodule, module,
+models, trainer_setup; build (a registered version in one call, for tests and benchmarks); params
+and views (make targets). Entry points run through `visionops.config`.
+
+Imports the shared `visionops` package, Lightning, Hydra and torch; never `serve` or `monitor`.
 """

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from train.config import run_task
+from visionops.config import run_task
 
 
 def _task(cfg: DictConfig) -> Any:

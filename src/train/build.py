@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 def pipeline_cfg(store: Path, work: Path, data_root: Path, extra: list[str] | None = None) -> DictConfig:
     """The composed config of a version built in `work` against the shared `store`."""
-    from train.config import compose
+    from visionops.config import compose
 
     return compose([
         "trainer=cpu", f"data.root={data_root}", f"paths.prepared={store / 'prepared'}",

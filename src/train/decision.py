@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 from omegaconf import DictConfig
 
-from train.errors import VisionopsError
 from train.gate import gate
+from visionops.errors import VisionopsError
 from visionops.model_store import LocalModel, ModelStoreError, check_tracking_server, fetch, store_client
 
 
@@ -26,7 +26,8 @@ def client_for(cfg: DictConfig):
     died are marked FAILED on the way, as training does."""
     import mlflow
 
-    from train.tracking import mark_dead_runs_failed, tracking_uri
+    from train.tracking import mark_dead_runs_failed
+    from visionops.project import tracking_uri
 
     uri = tracking_uri(cfg.logger.tracking_uri)
     try:

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from train.errors import VisionopsError
 from train.metrics import evaluate_model, load_inputs
 from train.module import load_classifier
+from visionops.errors import VisionopsError
 from visionops.manifest import read_labels, read_manifest
 from visionops.preprocess import PreprocessSpec
 
@@ -72,9 +72,9 @@ def evaluate(cfg: DictConfig, checkpoint: str | None = None) -> dict[str, Any]:
 
     run_id = run_info.get("run_id")
     if run_id:
-        from train import tracking
+        from visionops.project import tracking_uri
 
-        mlflow.set_tracking_uri(run_info.get("tracking_uri") or tracking.tracking_uri(cfg.logger.tracking_uri))
+        mlflow.set_tracking_uri(run_info.get("tracking_uri") or tracking_uri(cfg.logger.tracking_uri))
         with mlflow.start_run(run_id=run_id):
             mlflow.log_metrics({k: v for k, v in m.items() if k != "per_class"})
             mlflow.log_artifact(str(png), "plots")
@@ -88,7 +88,7 @@ def evaluate(cfg: DictConfig, checkpoint: str | None = None) -> dict[str, Any]:
 
 
 def main() -> None:
-    from train.config import run_task
+    from visionops.config import run_task
 
     run_task(evaluate, task_name="evaluate")
 

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from train.errors import VisionopsError
 from train.metrics import load_inputs
 from train.module import load_classifier
 from train.tracking import git_commit
 from visionops.bundle import ModelBundle
+from visionops.errors import VisionopsError
 from visionops.manifest import data_version, read_labels, read_manifest
 from visionops.onnx_runtime import OnnxModel
 from visionops.preprocess import PreprocessSpec
@@ -208,7 +208,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 
 def main() -> None:
-    from train.config import run_task
+    from visionops.config import run_task
 
     run_task(export, task_name="export")
 

@@ -22,11 +22,10 @@ from lightning.pytorch.loggers import MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
 from train import runs, tracking
-from train.config import root_logging_only
 from train.datamodule import ManifestDataModule
 from train.metrics import validation_report
 from train.module import ImageClassifier
-from train.trainer_setup import resolve_trainer_config
+from train.trainer_setup import resolve_trainer_config, root_logging_only
 from visionops.manifest import data_version
 from visionops.preprocess import PreprocessSpec
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from train.errors import VisionopsError
+from visionops.errors import VisionopsError
 from visionops.manifest import read_labels, read_manifest
 from visionops.model_store import LocalModel, ModelStoreError
 from visionops.preprocess import PreprocessSpec, load_batch

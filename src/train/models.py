@@ -11,7 +11,7 @@ import urllib.error
 import torch
 from torch import nn
 
-from train.errors import VisionopsError
+from visionops.errors import VisionopsError
 
 BACKBONES = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")
 ARCHS = ("small_cnn", *BACKBONES)

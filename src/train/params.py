@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from train.config import conf_dir
+from visionops.config import conf_dir
 
 
 def write_params(output: Path = Path("params.yaml"), overrides: list[str] | None = None) -> bool:

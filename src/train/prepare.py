@@ -18,12 +18,16 @@ from omegaconf import DictConfig
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from train.errors import DataValidationError
 from train.runs import SOURCE_FILE, data_source
+from visionops.errors import VisionopsError
 from visionops.images import ImageDecodeError, decode_image, is_image_file
 from visionops.manifest import SPLITS, Record, sha256_file, write_manifest
 
 log = logging.getLogger(__name__)
+
+
+class DataValidationError(VisionopsError):
+    """The data root cannot become a dataset as it is: the message names the images or classes to fix."""
 
 
 def _display_path(p: Path) -> str:
@@ -214,7 +218,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
 
 
 def main() -> None:
-    from train.config import run_task
+    from visionops.config import run_task
 
     run_task(prepare, task_name="prepare")
 

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from train.decision import client_for, decide
-from train.errors import VisionopsError
+from visionops.errors import VisionopsError
 
 
 def promote(cfg: DictConfig, version: str, force: bool = False, reason: str | None = None) -> dict[str, Any]:
@@ -45,7 +45,7 @@ def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
 def main(argv: list[str] | None = None) -> None:
     from hydra.errors import HydraException
 
-    from train.config import _run_guarded, compose
+    from visionops.config import compose, run_guarded
 
     own, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     if "version" not in own:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     except HydraException as exc:
         sys.exit(f"error: {exc}")
     force = own.get("force", "false").lower() in ("1", "true", "yes")
-    _run_guarded(lambda c: promote(c, own["version"], force=force, reason=own.get("reason")), cfg)
+    run_guarded(lambda c: promote(c, own["version"], force=force, reason=own.get("reason")), cfg)
 
 
 if __name__ == "__main__":

@@ -16,10 +16,10 @@ from typing import Any
 from omegaconf import DictConfig
 
 from train.decision import client_for, current_champion, decide
-from train.errors import VisionopsError
 from train.gate import check_labels
 from train.tracking import config_hash
 from visionops.bundle import ModelBundle
+from visionops.errors import VisionopsError
 from visionops.manifest import read_manifest
 from visionops.preprocess import load_batch
 
@@ -89,7 +89,7 @@ def register(cfg: DictConfig) -> dict[str, Any]:
 
 
 def main() -> None:
-    from train.config import run_task
+    from visionops.config import run_task
 
     run_task(register, task_name="register")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from train.errors import VisionopsError
+from visionops.errors import VisionopsError
 
 log = logging.getLogger(__name__)
 

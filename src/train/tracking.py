@@ -19,17 +19,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+from visionops.errors import VisionopsError
+from visionops.project import sqlite_file, tracking_uri
+
 RUN_ID_ENV = "VISIONOPS_MLFLOW_RUN_ID"  # set for DDP child processes so they join rank 0's run
 CKPT_RUN_KEY = "visionops_mlflow_run_id"  # in every Lightning checkpoint we write
 HOST_TAG, PID_TAG, STARTED_TAG = "visionops.host", "visionops.pid", "visionops.pid_started"
 
 log = logging.getLogger(__name__)
-
-
-def tracking_uri(cfg_uri: str | None) -> str:
-    """The config key wins; else $MLFLOW_TRACKING_URI; else a SQLite store in the working dir."""
-    return cfg_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
 def git_commit() -> str:
@@ -68,16 +65,15 @@ def artifact_location(uri: str, configured: str | None) -> str | None:
     a server decides for itself (None)."""
     if configured:
         return configured
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
-    return None
+    db = sqlite_file(uri)
+    return (db.resolve().parent / "mlruns").as_uri() if db is not None else None
 
 
 def connect(cfg: DictConfig) -> str:
     """Point MLflow at the configured store and experiment; fail with advice if unreachable."""
     import mlflow
 
-    uri = tracking_uri(cfg.logger.tracking_uri)
+    uri = tracking_uri(cfg.logger.tracking_uri)  # the one rule: config key, $MLFLOW_TRACKING_URI, the project's
     mlflow.set_tracking_uri(uri)
     try:
         from visionops.model_store import check_tracking_server
@@ -90,8 +86,6 @@ def connect(cfg: DictConfig) -> str:
         exp = mlflow.set_experiment(cfg.logger.experiment_name)
         mark_dead_runs_failed(mlflow.MlflowClient(), exp.experiment_id)
     except Exception as exc:  # MlflowException, requests errors: all mean "cannot use this store"
-        from train.errors import VisionopsError
-
         raise VisionopsError(
             f"cannot reach the MLflow tracking store {uri} ({exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0][:200]}). Start the server or fix logger.tracking_uri."

@@ -1,7 +1,9 @@
-"""Turn the `trainer` config into a Lightning Trainer: device, precision and memory format."""
+"""Turn the `trainer` config into a Lightning Trainer: device, precision and memory format, and
+Lightning's log lines printed once."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -34,3 +36,16 @@ def resolve_trainer_config(trainer_cfg: DictConfig) -> tuple[dict[str, Any], boo
     if channels_last == "auto":
         channels_last = on_gpu
     return {k: v for k, v in kw.items() if v is not None}, bool(channels_last)
+
+
+def root_logging_only() -> None:
+    """Print each log line once. Importing `lightning` adds a console handler to its `lightning`
+    logger, and its records also propagate to the root handler that Hydra (or params mode) set up,
+    so every Lightning line came out twice. The root handler is the one place output is configured
+    (Hydra's also writes the run's log file), so Lightning's own console handler goes."""
+    if not logging.getLogger().handlers:
+        return  # nothing else would print Lightning's lines
+    lightning_logger = logging.getLogger("lightning")
+    for handler in list(lightning_logger.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning_logger.removeHandler(handler)

@@ -1,6 +1,6 @@
 """Fetch a registered model version from MLflow and read its bundle: no torch, no Lightning.
 
-`fetch("models:/visionops-digits@champion")` downloads the version's files (ONNX models,
+`fetch("models:/<name>@champion")` downloads the version's files (ONNX models,
 bundle.json, parity report) and returns a LocalModel. Errors say what to do.
 
 A SQLite store that another process holds locked (a training or `mlflow ui` writing) is retried

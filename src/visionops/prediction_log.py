@@ -6,7 +6,7 @@ exactly N records. A write either lands whole or not at all: when the disk is fu
 process's file-size limit is hit) the file is cut back to where the write began and the caller
 gets a PredictionLogError, so the request can be refused instead of answered unlogged; no torn
 line is left for the monitor or for the next record to be glued onto. `read_log` gives the
-monitor a pandas table for a time window.
+monitor a pandas table for a time window. What a record holds: `visionops.records`.
 """
 
 from __future__ import annotations
@@ -122,10 +122,6 @@ class PredictionLog:
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 LOG_PATTERN = "predictions-*.jsonl"

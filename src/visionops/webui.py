@@ -1,6 +1,6 @@
 """Start a web UI (MLflow's or Evidently's) in the foreground and say when its page answers.
 
-    python -m visionops.webui mlflow [port=5000] [store=sqlite:///mlflow.db]
+    python -m visionops.webui mlflow [port=5000] [store=<the project's mlflow.db>]
     python -m visionops.webui evidently [port=8000] [workspace=monitoring/workspace]
 
 Both servers print "running on http://..." well before the page answers (MLflow 3.17 with its
@@ -26,9 +26,9 @@ from pathlib import Path
 
 from visionops.cli import parse_key_values
 
-USAGE = ("usage: python -m visionops.webui mlflow [port=5000] [store=sqlite:///mlflow.db]\n"
+USAGE = ("usage: python -m visionops.webui mlflow [port=5000] [store=<the project's mlflow.db>]\n"
          "       python -m visionops.webui evidently [port=8000] [workspace=monitoring/workspace]")
-DEFAULTS = {"mlflow": {"port": "5000", "store": "sqlite:///mlflow.db", "host": "127.0.0.1"},
+DEFAULTS = {"mlflow": {"port": "5000", "store": None, "host": "127.0.0.1"},  # store: the project's
             "evidently": {"port": "8000", "workspace": "monitoring/workspace", "host": "127.0.0.1"}}
 # MLflow 3 keeps the GenAI / model-training choice per browser; this query parameter overrides it.
 MLFLOW_PAGE = "#/experiments?workflowType=machine_learning"
@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = parse_key_values(argv[1:], DEFAULTS[argv[0]], USAGE)
         int(str(opts["port"]))
+        if argv[0] == "mlflow" and not opts["store"]:
+            from visionops.project import find_root, local_store
+
+            opts["store"] = local_store(find_root())
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,9 +12,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from helpers import REPO, run_cli
-from train.config import compose
 from train.datamodule import build_augment
 from train.trainer_setup import resolve_trainer_config
+from visionops.config import compose
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
 

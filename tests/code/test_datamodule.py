@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from train.config import compose
 from train.datamodule import ManifestDataModule, build_augment
+from visionops.config import compose
 from visionops.images import decode_image
 from visionops.manifest import read_manifest
 from visionops.preprocess import PreprocessSpec, preprocess

@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import pytest
 
 from helpers import REPO
-from train.config import compose
-from train.errors import VisionopsError
 from train.gate import check_labels, label_change
 from train.runs import run_name
+from visionops.config import compose
+from visionops.errors import VisionopsError
 
 DEBUG_PRESETS = sorted(p.stem for p in (REPO / "conf" / "debug").glob("*.yaml"))
 

@@ -38,9 +38,8 @@ def test_cpu_runtime_predicts_and_describes_itself(model_dir):
     from serve.runtime import ModelRuntime
 
     rt = ModelRuntime.load(Settings(log_dir=None), model_dir=model_dir)
-    x, _stats = rt.prepare(_png())
-    preds, probs = rt.predictions(rt.infer(x)[0])
-    assert preds[0]["label"] in ("a", "b", "c") and probs.shape == (1, 3) and preds[0]["model_version"] == "7"
+    preds, recs = rt.run([_png()], ["r1"])
+    assert preds[0]["label"] in ("a", "b", "c") and len(recs[0]["probabilities"]) == 3 and preds[0]["model_version"] == "7"
     assert rt.device == "cpu" and rt.metadata()["model_name"] == "toy"
 
 
@@ -57,11 +56,11 @@ def test_cuda_provider_is_chosen_when_present(model_dir):
     assert rt.device == "cuda"
 
 
-def _png() -> bytes:
+def _png(colour: tuple[int, int, int] = (200, 10, 10)) -> bytes:
     import io
 
     buf = io.BytesIO()
-    Image.new("RGB", (20, 10), (200, 10, 10)).save(buf, "PNG")
+    Image.new("RGB", (20, 10), colour).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -103,13 +102,11 @@ def test_kept_images_stay_in_their_folder_whatever_the_client_sends(model_dir, t
     from serve.runtime import ModelRuntime
 
     rt = ModelRuntime.load(Settings(log_dir=str(tmp_path / "log"), keep_images=1.0), model_dir=model_dir)
-    x, stats = rt.prepare(_png())
-    logits, emb = rt.infer(x)
-    preds, probs = rt.predictions(logits)
     for rid, suffix in [("../../escape", ".png"), ("/etc/passwd", "/x"), ("ok-id_1", ".png/../..")]:
-        rec = rt.record(rid, stats, emb[0], preds[0], probs[0], b"bytes", suffix)
+        upload = rt.prepare(_png(), rid, suffix)
+        _, (rec,) = rt.finish([upload], *rt.infer(upload.x))
         kept = Path(rec["image_path"])
-        assert kept.parent == tmp_path / "log" / "images" and kept.read_bytes() == b"bytes"
+        assert kept.parent == tmp_path / "log" / "images" and kept.read_bytes() == _png()
         assert rec["request_id"] == rid  # the record keeps the client's id as sent
     assert not (tmp_path / "escape.png").exists() and not list(tmp_path.glob("*.png"))
 
@@ -154,13 +151,11 @@ def test_kept_images_are_never_overwritten(model_dir, tmp_path):
     from serve.runtime import ModelRuntime
 
     rt = ModelRuntime.load(Settings(log_dir=str(tmp_path / "log"), keep_images=1.0), model_dir=model_dir)
-    x, stats = rt.prepare(_png())
-    logits, emb = rt.infer(x)
-    preds, probs = rt.predictions(logits)
     ids = ["same", "same", "a.b", "a_b", "a/b"]
-    recs = [rt.record(rid, stats, emb[0], preds[0], probs[0], f"image {i}".encode(), ".png") for i, rid in enumerate(ids)]
-    assert [Path(r["image_path"]).read_bytes() for r in recs] == [f"image {i}".encode() for i in range(5)]
-    rt.log(recs)
+    pngs = [_png((i, 0, 0)) for i in range(5)]
+    uploads = [rt.prepare(png, rid, ".png") for png, rid in zip(pngs, ids)]
+    _, recs = rt.finish(uploads, *rt.infer(np.concatenate([u.x for u in uploads])))
+    assert [Path(r["image_path"]).read_bytes() for r in recs] == pngs
     assert len(read_log(tmp_path / "log")) == 5
 
 
@@ -172,3 +167,61 @@ def test_request_ids_keep_to_their_rule():
     for bad in ["a/b", "x" * 129, "a b", "ü", "a\nb"]:
         with pytest.raises(ValueError, match="1 to 128 characters"):
             request_id(bad)
+
+
+def test_one_call_is_the_services_three_steps(model_dir, tmp_path):
+    """`run` (the reference, the benchmarks) and prepare -> infer -> finish (the service) give the
+    same predictions and records, records in the schema's order, each in the log once."""
+    from serve.runtime import ModelRuntime
+    from visionops.records import CLASSIFICATION
+
+    pngs = [_png((i * 40, 255 - i * 40, 7)) for i in range(5)]
+    ids = [f"r{i}" for i in range(5)]
+    rt = ModelRuntime.load(Settings(log_dir=str(tmp_path / "log"), max_batch_size=2), model_dir=model_dir)
+    preds, recs = rt.run(pngs, ids)  # batches of 2, 2, 1
+    steps = [rt.prepare(png, rid) for png, rid in zip(pngs, ids)]
+    step_preds, step_recs = rt.finish(steps, *rt.infer(np.concatenate([s.x for s in steps])))
+    assert preds == step_preds
+    drop = ("timestamp",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in recs] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in step_recs]
+    assert all(tuple(r) == CLASSIFICATION.columns for r in recs)
+    logged = read_log(tmp_path / "log")
+    assert sorted(logged["request_id"]) == sorted(ids * 2)
+
+
+def test_a_bad_upload_among_several_is_named(model_dir, tmp_path):
+    from serve.runtime import ModelRuntime, UploadError
+
+    rt = ModelRuntime.load(Settings(log_dir=None), model_dir=model_dir)
+    with pytest.raises(UploadError, match="image 2 of 3: not a recognised image") as err:
+        rt.run([_png(), b"no image", _png()], ["a", "b", "c"])
+    assert err.value.index == 1 and "image 2" not in str(err.value.reason)
+
+
+_FULL_LOG = """
+import resource, sys
+from pathlib import Path
+import numpy as np
+from serve.runtime import ModelRuntime, PredictionLogError
+from serve.settings import Settings
+rt = ModelRuntime.load(Settings(log_dir=sys.argv[2], keep_images=1.0), model_dir=Path(sys.argv[1]))
+uploads = [rt.prepare(Path(sys.argv[3]).read_bytes(), f"r{i}", ".png") for i in range(3)]
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))  # each kept image fits, the three records do not
+try:
+    rt.finish(uploads, *rt.infer(np.concatenate([u.x for u in uploads])))
+except PredictionLogError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_records_that_cannot_be_logged_leave_no_kept_image(model_dir, tmp_path):
+    """finish writes a batch's records whole or not at all, its kept images with them (a real
+    file-size limit in a child process, as in test_a_full_disk_leaves_no_torn_line)."""
+    (tmp_path / "up.png").write_bytes(_png())
+    out = subprocess.run([sys.executable, "-c", _FULL_LOG, str(model_dir), str(tmp_path / "log"), str(tmp_path / "up.png")],
+                         capture_output=True, text=True, check=True)
+    assert "refused: cannot write the prediction log" in out.stdout, out.stdout + out.stderr
+    assert not list((tmp_path / "log" / "images").glob("*")), "the kept images went with their records"
+    assert all(f.stat().st_size == 0 for f in (tmp_path / "log").glob("*.jsonl")), "no record, not even part of one"

@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from helpers import make_cfg
-from train.errors import DataValidationError
-from train.prepare import check_disjoint, prepare
+from train.prepare import DataValidationError, check_disjoint, prepare
 from visionops.images import decode_image
 from visionops.manifest import SPLITS, Record, read_labels, read_manifest
 

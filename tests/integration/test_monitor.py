@@ -87,13 +87,9 @@ def _write_window(rt, log_dir: Path, images: list[bytes], corruption: str = "non
     log_dir.mkdir(parents=True, exist_ok=True)
     before = set(log_dir.glob("predictions-*.jsonl"))
     log = PredictionLog(log_dir)
-    records = []
-    for i, raw in enumerate(images):
-        data = corrupt_bytes(raw, corruption, severity, seed=i)
-        x, stats = rt.prepare(data)
-        logits, emb = rt.infer(x)
-        preds, probs = rt.predictions(logits)
-        rec = rt.record(f"req-{start:%H%M}-{i:05d}", stats, emb[0], preds[0], probs[0])
+    uploads = [corrupt_bytes(raw, corruption, severity, seed=i) for i, raw in enumerate(images)]
+    _, records = rt.run(uploads, [f"req-{start:%H%M}-{i:05d}" for i in range(len(uploads))])
+    for i, (data, rec) in enumerate(zip(uploads, records)):
         rec["timestamp"] = (start + timedelta(seconds=5 * i)).isoformat()
         if version is not None:
             rec["model_version"] = version
@@ -102,7 +98,6 @@ def _write_window(rt, log_dir: Path, images: list[bytes], corruption: str = "non
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             rec["image_path"] = str(path)
-        records.append(rec)
     # one record outside the window, which the job must ignore
     records.append({**records[0], "request_id": f"late-{start:%H%M}", "timestamp": (start + timedelta(hours=2)).isoformat()})
     log.write(records)
@@ -143,13 +138,11 @@ def test_reference_is_what_serving_computes_and_thresholds_are_calibrated(refere
     assert len(table) == len(val) and {*STAT_COLUMNS, "embedding", "predicted_label", "top_score"} <= set(table.columns)
     # one image through the serving runtime by hand: the reference row holds the same features
     i = 7
-    x, stats = runtime.prepare(Path(val[i].path).read_bytes())
-    logits, emb = runtime.infer(x)
-    preds, _ = runtime.predictions(logits)
+    (pred,), (rec,) = runtime.run([Path(val[i].path).read_bytes()], ["by-hand"])
     row = table.iloc[i]
-    assert all(row[c] == pytest.approx(stats[c]) for c in STAT_COLUMNS)
-    np.testing.assert_allclose(np.asarray(row["embedding"]), emb[0], atol=1e-5)
-    assert row["predicted_label"] == preds[0]["label"] and row["top_score"] == pytest.approx(preds[0]["score"])
+    assert all(row[c] == pytest.approx(rec[c]) for c in STAT_COLUMNS)
+    np.testing.assert_allclose(np.asarray(row["embedding"]), rec["embedding"], atol=1e-5)
+    assert row["predicted_label"] == pred["label"] and row["top_score"] == pytest.approx(pred["score"])
 
     cal = json.loads((ref_dir / "calibration.json").read_text())
     assert cal == reference and cal["model_version"] == "1" and cal["window_size"] == 200

@@ -74,9 +74,8 @@ def _images(digits_small: Path, n: int) -> list[Path]:
 
 
 def _expected(rt: ModelRuntime, path: Path) -> dict:
-    x, _ = rt.prepare(path.read_bytes())
-    logits, emb = rt.infer(x)
-    return {**rt.predictions(logits)[0][0], "embedding": emb[0]}
+    (pred,), (rec,) = rt.run([path.read_bytes()], ["expected"])
+    return {**pred, "embedding": rec["embedding"]}
 
 
 def test_endpoints_match_in_process_predictions(server, in_process, digits_small):

@@ -1,5 +1,6 @@
-"""The model under test: `--model-uri` (default models:/visionops-digits@champion in
-$MLFLOW_TRACKING_URI or ./mlflow.db). Where that store has no such model (a fresh clone before
+"""The model under test: `--model-uri` (default: the project's champion, from
+$VISIONOPS_MODEL_URI or params.yaml, in $MLFLOW_TRACKING_URI or the repository's mlflow.db: the
+rule of `visionops.project`). Where that store has no such model (a fresh clone before
 `make demo`), a small one is trained and registered in a temporary store by the real pipeline,
 and the tests say so in their output."""
 
@@ -14,27 +15,26 @@ import pytest
 from helpers import REPO, build_version
 from visionops.manifest import read_manifest
 from visionops.model_store import LocalModel, ModelStoreError, fetch
-
-DEFAULT_URI = "models:/visionops-digits@champion"
+from visionops.project import model_uri, tracking_uri
 
 
 @pytest.fixture(scope="session")
 def model_under_test(request, tmp_path_factory, digits_full) -> tuple[LocalModel, Path]:
     """(the fetched model, the prepared folder whose manifests it is checked on)."""
-    uri = request.config.getoption("--model-uri")
-    tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
+    given = request.config.getoption("--model-uri")
+    uri, tracking = model_uri(given, start=REPO), tracking_uri(start=REPO)
     prepared = REPO / "data" / "prepared"
-    if uri is not None:
+    if given is not None:
         return fetch(uri, tracking_uri=tracking), prepared
     try:
         if (REPO / "mlflow.db").exists() or "MLFLOW_TRACKING_URI" in os.environ:
-            return fetch(DEFAULT_URI, tracking_uri=tracking), prepared
+            return fetch(uri, tracking_uri=tracking), prepared
     except ModelStoreError:
         pass
     store = tmp_path_factory.mktemp("model_suite")
-    warnings.warn(f"{DEFAULT_URI} not found in {tracking}: checking a model trained now in {store}")
+    warnings.warn(f"{uri} not found in {tracking}: checking a model trained now in {store}")
     build_version(store, store / "v1", digits_full, ["trainer.max_epochs=10", "model.net.width=16"])
-    return fetch(DEFAULT_URI, tracking_uri=f"sqlite:///{store / 'mlflow.db'}"), store / "prepared"
+    return fetch(uri, tracking_uri=f"sqlite:///{store / 'mlflow.db'}"), store / "prepared"
 
 
 @pytest.fixture(scope="session")

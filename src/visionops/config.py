@@ -1,9 +1,13 @@
-"""How every entry point gets its config: Hydra on the command line, params.yaml under DVC.
+"""How every entry point gets its config and reports a user's error: training's, monitoring's.
 
 `python -m train experiment=X key=value` composes conf/ with Hydra (mistyped keys fail with
 Hydra's message). Pipeline stages run `python -m train --params params.yaml`: the config DVC
 composed from conf/ (`dvc exp run -S ...` rewrites it), so the stage trains exactly what DVC
-tracks as params.
+tracks as params. A VisionopsError raised by the task (or wrapped by Hydra's instantiate) is
+printed as one `error: ...` line and exits 2.
+
+Hydra is imported only when a command line is composed; this module needs omegaconf, never
+Lightning, so `python -m monitor` and its helpers run it as training does.
 """
 
 from __future__ import annotations
@@ -11,12 +15,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from train.errors import VisionopsError
+from visionops.errors import VisionopsError
 
 log = logging.getLogger("visionops")
 
@@ -50,19 +55,6 @@ def _setup_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
-def root_logging_only() -> None:
-    """Print each log line once. Importing `lightning` adds a console handler to its `lightning`
-    logger, and its records also propagate to the root handler that Hydra (or params mode) set up,
-    so every Lightning line came out twice. The root handler is the one place output is configured
-    (Hydra's also writes the run's log file), so Lightning's own console handler goes."""
-    if not logging.getLogger().handlers:
-        return  # nothing else would print Lightning's lines
-    lightning_logger = logging.getLogger("lightning")
-    for handler in list(lightning_logger.handlers):
-        if type(handler) is logging.StreamHandler:
-            lightning_logger.removeHandler(handler)
-
-
 def _user_error(exc: BaseException) -> VisionopsError | None:
     """The VisionopsError behind an exception (Hydra's instantiate wraps what a target raises)."""
     seen = 0
@@ -73,7 +65,8 @@ def _user_error(exc: BaseException) -> VisionopsError | None:
     return None
 
 
-def _run_guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+def run_guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """`task(cfg)`; a user's error (see `_user_error`) becomes one `error: ...` line and exit 2."""
     try:
         return task(cfg)
     except Exception as exc:
@@ -105,13 +98,13 @@ def run_task(task: Callable[[DictConfig], Any], task_name: str, description: str
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(extra))
         OmegaConf.set_struct(cfg, True)
         _setup_logging()
-        _run_guarded(task, cfg)
+        run_guarded(task, cfg)
         return
 
     import hydra
 
     @hydra.main(config_path=str(conf_dir()), config_name="config", version_base="1.3")
     def _main(cfg: DictConfig) -> Any:
-        return _run_guarded(task, cfg)
+        return run_guarded(task, cfg)
 
     _main()
