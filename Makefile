@@ -14,14 +14,14 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install demo test params repro metrics exp plots notebook mlflow-ui serve monitor simulate evidently-ui lint bench wrk lock clean
+.PHONY: help install demo test params repro metrics exp plots notebook mlflow-ui serve monitor simulate evidently-ui lint bench wrk sysdeps lock clean
 
 # Every target, one line each (no prerequisites: `make help` never installs anything).
 help:
 	@echo "visionops: images to a monitored production service. Targets:"
 	@echo "  make demo          install (first time), run the pipeline (dvc repro), then the serve + drift loop"
 	@echo "  make install       create .venv with the pinned environment (other targets do it when needed)"
-	@echo "  make test          run the test suite"
+	@echo "  make test          run the test suite (installs PostgreSQL and Chromium first if missing)"
 	@echo "  make params        compose conf/ into params.yaml (what the DVC stages read)"
 	@echo "  make repro         make params, then dvc repro: rerun the stages whose inputs changed"
 	@echo "  make metrics       the pipeline's headline metrics (dvc metrics show), one table per stage"
@@ -35,6 +35,7 @@ help:
 	@echo "  make evidently-ui  drift reports over time at http://127.0.0.1:$${EVIDENTLY_PORT:-8000}"
 	@echo "  make bench         run the benchmarks under benchmarks/ (installs wrk)"
 	@echo "  make wrk           install the wrk load generator the serving benchmark uses"
+	@echo "  make sysdeps       install PostgreSQL and Chromium, which the tests use (make test does it)"
 	@echo "  make lint          ruff check src tests benchmarks"
 	@echo "  make lock          re-pin every package into constraints.txt after changing pyproject.toml"
 	@echo "  make clean         remove generated files (caches, Hydra and Lightning run folders, dvc_plots/); keeps"
@@ -96,7 +97,7 @@ demo: repro
 	@echo "Look at: reports/evaluate/confusion.png, reports/register/model_card.md, reports/export/parity.json,"
 	@echo "         dvc metrics show, dvc plots show, and the MLflow UI: make mlflow-ui -> http://127.0.0.1:$(MLFLOW_PORT)"
 
-test: $(STAMP)
+test: $(STAMP) sysdeps
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Runs and the registry; prints "MLflow UI ready at <url>" once the page answers (a link to the
@@ -122,12 +123,21 @@ simulate: $(STAMP)
 evidently-ui: $(STAMP)
 	@$(BIN)/python -m visionops.webui evidently port=$${EVIDENTLY_PORT:-8000} workspace=monitoring/workspace
 
-# The serving benchmark drives the servers with wrk (a C load generator; a Python client would
-# share the cores with the servers and cap every number).
+# System packages some targets need, installed with apt when missing (as root, else with sudo):
+# wrk for the serving benchmark (a C load generator: a Python client would share the cores with the
+# servers and cap every number); PostgreSQL and Chromium for the tests (the registry on a real
+# PostgreSQL server; the plots page and the drift email laid out in a real headless browser).
+APT_INSTALL = if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq $(1) >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq $(1) >/dev/null; fi
+
 wrk:
-	@command -v wrk >/dev/null 2>&1 || { echo "Installing wrk for benchmarks/serving.py..."; \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk >/dev/null; \
-	  else sudo apt-get update -qq && sudo apt-get install -y -qq wrk >/dev/null; fi; }
+	@command -v wrk >/dev/null 2>&1 || { echo "Installing wrk for benchmarks/serving.py..."; $(call APT_INSTALL,wrk); }
+
+sysdeps:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { echo "Installing PostgreSQL for the registry test..."; $(call APT_INSTALL,postgresql); }
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { echo "Installing Chromium for the plots-page and email tests..."; $(call APT_INSTALL,chromium); }
 
 bench: $(STAMP) wrk
 	$(BIN)/python benchmarks/train_throughput.py

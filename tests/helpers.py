@@ -41,7 +41,8 @@ def make_cfg(tmp: Path, data_root: Path, extra: list[str] | None = None) -> Dict
 
 def run_cli(args: list[str], cwd: Path = REPO, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", **(env or {})}
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
+                          check=False)
 
 
 def bin_path(name: str) -> str:

@@ -7,8 +7,9 @@ exactly the shared preprocessing that serving runs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import albumentations as A
 import lightning.pytorch as L
@@ -99,7 +100,7 @@ class ManifestDataModule(L.LightningDataModule):
         self.datasets: dict[str, ManifestDataset] = {}
 
     @classmethod
-    def from_config(cls, cfg: Any, pin_memory: bool = False) -> "ManifestDataModule":
+    def from_config(cls, cfg: Any, pin_memory: bool = False) -> ManifestDataModule:
         return cls(
             prepared_dir=cfg.paths.prepared,
             spec=PreprocessSpec.from_data_config(cfg.data),

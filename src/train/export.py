@@ -147,7 +147,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     onnx_logits = onnx.logits(x)
     agreement = float((eager_logits.argmax(1) == onnx_logits.argmax(1)).mean())
     parity = {
-        "images": int(len(x)),
+        "images": len(x),
         "max_abs_logit_diff": float(np.abs(eager_logits - onnx_logits).max()),
         "top1_agreement": agreement,
         "min_top1_agreement": float(ecfg.min_top1_agreement),

@@ -206,8 +206,7 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     with open(reports / "class_counts.csv", "w") as fh:
         fh.write("class,split,count\n")
         for name, c in per_split.items():
-            for label, n in c.items():
-                fh.write(f"{label},{name},{n}\n")
+            fh.writelines(f"{label},{name},{n}\n" for label, n in c.items())
     print(
         f"Prepared {summary['images']} images in {summary['classes']} classes "
         f"(train {summary['split_sizes']['train']}, val {summary['split_sizes']['val']}, "

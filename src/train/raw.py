@@ -22,7 +22,7 @@ def write_digits(root: Path, per_class: int | None = None) -> int:
     root = Path(root)
     if root.exists():
         shutil.rmtree(root)
-    for label in sorted(set(int(t) for t in digits.target)):
+    for label in sorted({int(t) for t in digits.target}):
         (root / str(label)).mkdir(parents=True, exist_ok=True)
     written: dict[int, int] = {}
     for i, (img, label) in enumerate(zip(digits.images, digits.target)):

@@ -37,7 +37,7 @@ class ModelBundle:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelBundle":
+    def from_dict(cls, d: dict[str, Any]) -> ModelBundle:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}  # newer bundles may add keys
         known["preprocess"] = PreprocessSpec.from_dict(known["preprocess"])
         return cls(**known)
@@ -49,7 +49,7 @@ class ModelBundle:
         return path
 
     @classmethod
-    def load(cls, directory: Path) -> "ModelBundle":
+    def load(cls, directory: Path) -> ModelBundle:
         path = Path(directory) / BUNDLE_FILE
         if not path.exists():
             raise FileNotFoundError(f"{path} not found: is this a visionops model directory?")

@@ -6,12 +6,11 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike]
+ImageSource = bytes | bytearray | memoryview | str | os.PathLike
 
 # Formats we accept. SVG and anything Pillow cannot rasterise are refused by name.
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"}
@@ -108,7 +107,7 @@ def decode_with_info(
     if len(data) > max_bytes:
         raise ImageDecodeError(f"image is {len(data)} bytes, over the limit of {max_bytes} bytes")
     head = data[:256].lstrip().lower()
-    if head.startswith(b"<?xml") or head.startswith(b"<svg") or b"<svg" in head:
+    if head.startswith((b"<?xml", b"<svg")) or b"<svg" in head:
         raise ImageDecodeError("SVG is not supported: send a raster image (JPEG, PNG, WebP, BMP)")
     try:
         with warnings.catch_warnings():

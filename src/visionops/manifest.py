@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 SPLITS = ("train", "val", "test")
 FIELDS = ("path", "label", "sha256")

@@ -6,8 +6,9 @@ Training inserts its augmentations between `to_uint8` and `normalize`; nothing e
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -48,7 +49,7 @@ class PreprocessSpec:
             )
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessSpec":
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessSpec:
         d = dict(d)
         return cls(
             size=tuple(int(v) for v in d.pop("size")),  # type: ignore[arg-type]
@@ -62,7 +63,7 @@ class PreprocessSpec:
         )
 
     @classmethod
-    def from_data_config(cls, data_cfg: Any) -> "PreprocessSpec":
+    def from_data_config(cls, data_cfg: Any) -> PreprocessSpec:
         """Build from the `data` section of the Hydra config (image_size, channels, mean, std)."""
         return cls(
             size=tuple(int(v) for v in data_cfg["image_size"]),  # type: ignore[arg-type]

@@ -24,6 +24,6 @@ class VisionopsOnnxModel(mlflow.pyfunc.PythonModel):
         self.model = OnnxModel(context.artifacts[self.bundle.serving_format])
 
     # No type hints on predict: MLflow would validate inputs against them instead of the signature.
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):
         x = np.asarray(model_input, dtype=np.float32)
         return self.model.predict_proba(x)

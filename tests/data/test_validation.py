@@ -61,7 +61,7 @@ def test_duplicates_are_dropped_so_no_image_is_in_two_splits(tmp_path, tree):
 
 
 def test_duplicates_can_fail_the_stage(tmp_path, tree):
-    shutil.copy(sorted((tree / "1").glob("*.png"))[0], tree / "1" / "dup.png")
+    shutil.copy(min((tree / "1").glob("*.png")), tree / "1" / "dup.png")
     with pytest.raises(DataValidationError, match="byte-identical"):
         prepare(make_cfg(tmp_path, tree, ["data.validation.on_duplicate=fail"]))
 

@@ -36,7 +36,7 @@ def exported(tmp_path_factory, digits_small):
 
 
 def test_onnx_parity_with_eager_pytorch(exported):
-    tmp, cfg, report = exported
+    tmp, _cfg, report = exported
     p = report["parity"]
     assert p["images"] == 30 and p["top1_agreement"] >= 0.999 and p["passed"]
     assert p["max_abs_logit_diff"] < 1e-3
@@ -76,7 +76,7 @@ def test_int8_accuracy_and_speed_are_reported(exported):
 
 
 def test_bundle_carries_the_contract(exported):
-    tmp, _, report = exported
+    tmp, _, _report = exported
     b = ModelBundle.load(tmp / "models" / "export")
     assert b.labels == [str(i) for i in range(10)] and b.preprocess.size == (32, 32)
     assert b.embedding_layer == "embedding" and b.embedding_dim == 32 and len(b.data_version) == 16

@@ -43,7 +43,7 @@ def test_first_version_becomes_champion(registry):
 
 
 def test_worse_challenger_does_not_take_the_alias(registry):
-    _, _, client, (v1, v2, _) = registry
+    _, _, client, (_v1, v2, _) = registry
     assert v2["passed"] is False and v2["gates"]["metric"]["passed"] is False
     assert v2["gates"]["metric"]["ci_high"] < 0, "one training step is clearly worse"
     assert v2["decision"].startswith("kept as challenger")
@@ -70,7 +70,7 @@ def test_version_tags_and_artifacts(registry):
 
 def test_pyfunc_loads_and_predicts_like_onnx(registry):
     """What `mlflow models serve` would run: probabilities from the pyfunc flavour."""
-    store, _, client, _ = registry
+    _store, _, client, _ = registry
     mlflow.set_tracking_uri(client.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     x = np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)
@@ -115,14 +115,14 @@ def test_missing_alias_is_a_clear_error(registry):
 
 
 def test_unreachable_tracking_server_is_a_clear_error(registry):
-    store, _, client, _ = registry
+    _store, _, client, _ = registry
     r = run_cli(["-m", "train.promote", "version=1", "logger.tracking_uri=http://127.0.0.1:9"])
     assert r.returncode == 2 and "cannot reach the MLflow tracking server" in r.stderr
     assert "Traceback" not in r.stderr and _champion(client) == "3"
 
 
 def test_corrupt_model_artifact_moves_nothing(registry, tmp_path):
-    store, data_root, client, _ = registry
+    store, _data_root, client, _ = registry
     # A version whose ONNX file is garbage: its artifacts are corrupted in the store itself.
     mv = client.get_model_version(NAME, "1")
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{NAME}/1", dst_path=str(tmp_path / "dl"),

@@ -58,7 +58,7 @@ def postgres():
     try:
         yield f"postgresql+psycopg2://mlflow@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "stop"]), capture_output=True)
+        subprocess.run(_as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "stop"]), capture_output=True, check=False)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -67,7 +67,8 @@ def mlflow_server(postgres, tmp_path_factory):
     artifacts = tmp_path_factory.mktemp("shared-artifacts")
     port = launch.free_port()
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    log = open(artifacts.parent / "mlflow-server.log", "wb")  # a file, not a pipe: a full pipe would block the server
+    # A file, not a pipe (a full pipe would block the server), open for the server's whole life: closed below.
+    log = open(artifacts.parent / "mlflow-server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", postgres,
          "--artifacts-destination", str(artifacts), "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port),

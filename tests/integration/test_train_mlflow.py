@@ -27,7 +27,7 @@ def trained(tmp_path_factory, digits_small):
 
 
 def test_run_params_metrics_and_artifacts_read_back(trained):
-    tmp, cfg, metrics, objects = trained
+    tmp, _cfg, metrics, _objects = trained
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
     run = client.get_run(metrics["run_id"])
     p = run.data.params
@@ -46,7 +46,7 @@ def test_run_params_metrics_and_artifacts_read_back(trained):
 
 
 def test_outputs_on_disk(trained):
-    tmp, cfg, metrics, _ = trained
+    tmp, _cfg, _metrics, _ = trained
     assert (tmp / "models" / "checkpoints" / "best.ckpt").exists()
     assert (tmp / "models" / "checkpoints" / "last.ckpt").exists()
     m = json.loads((tmp / "reports" / "train" / "metrics.json").read_text())

@@ -98,7 +98,7 @@ def test_pyfunc_flavour_matches_the_onnx_runtime_path(model_under_test, fixed_se
 
 
 def test_decoding_a_png_of_the_image_changes_nothing(model_under_test, fixed_set):
-    model, _ = model_under_test
+    _model, _ = model_under_test
     img = decode_image(fixed_set[0].path)
     buf = io.BytesIO()
     img.save(buf, "PNG")
