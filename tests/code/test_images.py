@@ -41,11 +41,19 @@ def test_16bit_keeps_relative_brightness():
     assert out.max() < 10, "a dark 16-bit image must stay dark, not be stretched to full range"
 
 
-def test_exif_orientation_is_honoured():
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_exif_orientation_is_honoured(fmt):
     img = Image.new("RGB", (40, 20), (255, 0, 0))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees on display
-    out = decode_image(_png(img, "JPEG", exif=exif.tobytes()))
+    out = decode_image(_png(img, fmt, exif=exif.tobytes()))
+    assert out.size == (20, 40)
+    assert decode_image(_png(img, fmt)).size == (40, 20)  # no orientation: as stored
+
+
+def test_xmp_orientation_is_honoured():
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+    out = decode_image(_png(Image.new("RGB", (40, 20)), "JPEG", xmp=xmp))
     assert out.size == (20, 40)
 
 
