@@ -2,6 +2,9 @@
 
 Returns (metrics, objects) and never exits: the train stage's CLI (train/__main__.py) wraps it,
 tests call it. Checkpoints carry their MLflow run id, so a resume continues the same run.
+Training writes what training produces: the checkpoints, the learning curves and the run's
+training metrics. Judging the best checkpoint (calibration, confusion matrices on the validation
+and test splits) is the evaluate stage's (`train.evaluate`), which logs into the same run.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from train import runs, tracking
 from train.datamodule import ManifestDataModule
-from train.metrics import validation_report
 from train.module import ImageClassifier
 from train.trainer_setup import resolve_trainer_config, root_logging_only
 from visionops.manifest import data_version
@@ -197,14 +199,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             "data_version": data_ver,
             "seconds": round(time.time() - t0, 1),
         }
-        if best_path:
-            png = reports / "confusion_val.png"
-            val_metrics = validation_report(best_path, dm.datasets["val"], dm.labels, png)
-            mlflow.log_artifact(str(png), "plots")
-            mlflow.log_metric("val/ece", val_metrics["val/ece"])
-            if cfg.logger.log_checkpoint:
-                mlflow.log_artifact(best_path, "checkpoints")
-            result["val/ece"] = val_metrics["val/ece"]
+        if best_path and cfg.logger.log_checkpoint:
+            mlflow.log_artifact(best_path, "checkpoints")
         result["best_checkpoint"] = best_path
         reports.mkdir(parents=True, exist_ok=True)
         (reports / "metrics.json").write_text(json.dumps(

@@ -1,6 +1,7 @@
 """Evaluating a classifier: metrics, calibration and the confusion-matrix plot of a split.
 
-Shared by the evaluate stage (the test split) and training (the best checkpoint on validation).
+The evaluate stage's helpers (`train.evaluate` runs them on the test and validation splits);
+export reads its parity inputs with `load_inputs`, the preprocessing serving runs.
 """
 
 from __future__ import annotations
@@ -100,12 +101,3 @@ def evaluate_model(model: torch.nn.Module, inputs: np.ndarray, y: np.ndarray, la
                    f"(acc {m[f'{split}/acc']:.3f})")
     return m, probs
 
-
-def validation_report(ckpt_path: str, val: Any, labels: list[str], png: Path) -> dict[str, Any]:
-    """The best checkpoint on the validation split (the training datamodule's dataset, already
-    preprocessed): metrics with ECE, and a picture of what the model confuses."""
-    from train.module import load_classifier
-
-    xs = np.stack([val[i][0].numpy() for i in range(len(val))])
-    m, _ = evaluate_model(load_classifier(ckpt_path), xs, np.asarray(val.targets), labels, "val", png)
-    return m

@@ -37,9 +37,9 @@ def test_run_params_metrics_and_artifacts_read_back(trained):
     assert tags["data_version"] == metrics["data_version"] and len(tags["git_commit"]) >= 7
     history = client.get_metric_history(run.info.run_id, "val/acc")
     assert [m.step for m in history] == [0, 1], "one val/acc point per epoch"
-    assert "train/loss" in run.data.metrics and "val/ece" in run.data.metrics
+    assert "train/loss" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"config.yaml", "checkpoints", "plots", "history.csv"} <= artifacts
+    assert {"config.yaml", "checkpoints", "history.csv"} <= artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")] == ["checkpoints/best.ckpt"]
     config_yaml = Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp))).read_text()
     assert "arch: small_cnn" in config_yaml
@@ -52,9 +52,14 @@ def test_outputs_on_disk(trained):
     m = json.loads((tmp / "reports" / "train" / "metrics.json").read_text())
     assert m["epochs"] == 2 and 0.0 <= m["best_val_acc"] <= 1.0
     assert (tmp / "reports" / "train" / "history.csv").read_text().count("\n") == 3
+    # Training trains: judging the best checkpoint is the evaluate stage's (below).
+    assert "val/ece" not in m and sorted(p.name for p in (tmp / "reports" / "train").iterdir()) == [
+        "history.csv", "metrics.json", "run.json"]
 
 
 def test_evaluate_writes_metrics_plots_and_logs_to_the_run(trained):
+    """Test split: the metrics; validation split: the best checkpoint's calibration and confusion
+    matrix. Both logged into the training's MLflow run, leaving its per-epoch curves alone."""
     tmp, cfg, metrics, _ = trained
     m = evaluate(cfg)
     assert {"test/acc", "test/f1_macro", "test/ece", "per_class"} <= set(m)
@@ -62,10 +67,16 @@ def test_evaluate_writes_metrics_plots_and_logs_to_the_run(trained):
     out = tmp / "reports" / "evaluate"
     assert (out / "confusion.png").stat().st_size > 5000
     assert (out / "confusion.csv").read_text().startswith("actual,predicted\n")
+    val = json.loads((out / "validation.json").read_text())
+    assert 0.0 <= val["val/ece"] <= 1.0 and set(val["per_class"]) == set(m["per_class"])
+    assert (out / "confusion_val.png").stat().st_size > 5000
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
     run = client.get_run(metrics["run_id"])
     assert run.data.metrics["test/acc"] == pytest.approx(m["test/acc"])
-    assert "plots/confusion.png" in {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert run.data.metrics["val/ece"] == pytest.approx(val["val/ece"])
+    assert [p.step for p in client.get_metric_history(run.info.run_id, "val/acc")] == [0, 1], "curves untouched"
+    assert {"plots/confusion.png", "plots/confusion_val.png"} <= {
+        a.path for a in client.list_artifacts(run.info.run_id, "plots")}
 
 
 def test_resume_continues_the_epoch_count_in_the_same_run(trained):
