@@ -251,3 +251,20 @@ def test_prepare_writes_coco_splits_and_plottable_statistics(tmp_path, generated
                        "box_sizes.csv": "size,split,boxes"}
     rows = (reports / "box_sizes.csv").read_text().splitlines()[1:]
     assert sum(int(r.split(",")[2]) for r in rows) == summary["objects"]
+
+
+def test_the_data_configs_drive_prepare(tmp_path, generated, root):
+    from train.tasks.detection.prepare import prepare
+    from visionops.config import compose
+
+    def cfg(*overrides):
+        return compose([*overrides, f"paths.prepared={tmp_path / 'prepared'}", f"paths.reports={tmp_path / 'reports'}",
+                        "data.validation.min_per_class=3"])
+
+    assert prepare(cfg("data=digits_det", f"data.root={generated}"))["images"] == N
+    assert json.loads((tmp_path / "reports" / "prepare" / "stats.json").read_text())["images"] == N
+    break_corrupt(root)
+    with pytest.raises(CocoValidationError, match="corrupt_image"):
+        prepare(cfg("data=coco", f"data.root={root}"))
+    summary = prepare(cfg("data=coco", f"data.root={root}", "data.on_invalid=skip"))
+    assert summary["images"] == N - 1 and summary["dropped_images"] == 1
