@@ -125,6 +125,11 @@ def read_coco(path: Path) -> dict[str, Any]:
     return coco
 
 
+def _id_key(value: Any) -> tuple[int, Any]:
+    """Sort key for COCO ids: numbers in numeric order, anything else after them as text."""
+    return (0, value) if isinstance(value, (int, float)) else (1, str(value))
+
+
 def _check_image(root: Path, image: dict[str, Any]) -> tuple[list[Problem], str | None, tuple[int, int] | None]:
     """Decode one image: (problems, sha256, (width, height))."""
     name = str(image.get("file_name"))
@@ -174,7 +179,7 @@ def _scan(root: Path, coco: dict[str, Any], split: str | None, cat_ids: set[int]
     by_id: dict[Any, dict] = {}
     loose: list[Problem] = []
     seen_names: set[str] = set()
-    for image in sorted(coco["images"], key=lambda im: (str(im.get("file_name")), str(im.get("id")))):
+    for image in sorted(coco["images"], key=lambda im: (str(im.get("file_name")), _id_key(im.get("id")))):
         name = str(image.get("file_name"))
         entry = {**image, "_split": split, "_anns": [], "_problems": []}
         if image.get("id") in by_id or name in seen_names:
@@ -189,7 +194,7 @@ def _scan(root: Path, coco: dict[str, Any], split: str | None, cat_ids: set[int]
         by_id[image.get("id")] = entry
         images.append(entry)
     clipped = 0
-    for ann in sorted(coco["annotations"], key=lambda a: str(a.get("id"))):
+    for ann in sorted(coco["annotations"], key=lambda a: _id_key(a.get("id"))):
         entry = by_id.get(ann.get("image_id"))
         if entry is None:
             loose.append(Problem("unknown_image", None, ann.get("id"), f"image_id {ann.get('image_id')!r} is not in images"))
@@ -228,16 +233,16 @@ def _duplicates(images: list[dict], from_split_files: bool) -> None:
                                               f"same bytes as {first['file_name']}{where}"))
 
 
-def _split_names(images: list[dict], rarest: dict[str, int], val: float, test: float, seed: int) -> None:
+def _split_names(images: list[dict], counts: Counter, val: float, test: float, seed: int) -> None:
     """Assign `_split` by image, stratified by each image's rarest class (negatives are their own
     stratum), so a class with a handful of images still reaches every split. Deterministic:
     strata in sorted order, members by file name, one seeded generator."""
     strata: dict[str, list[dict]] = defaultdict(list)
     for entry in images:
-        names = {a["_cat"] for a in entry["_anns"]}
-        strata[min(names, key=lambda c: (rarest[c], c)) if names else ""].append(entry)
+        present = {a["category_id"] for a in entry["_anns"]}
+        strata[min(present, key=lambda c: (counts[c], _id_key(c))) if present else None].append(entry)
     rng = np.random.default_rng(seed)
-    for key in sorted(strata):
+    for key in sorted(strata, key=lambda k: (k is not None, _id_key(k))):
         members = sorted(strata[key], key=lambda e: str(e["file_name"]))
         order = rng.permutation(len(members))
         n_test, n_val = round(len(members) * test), round(len(members) * val)
@@ -296,22 +301,17 @@ def validate_and_split(
         raise CocoValidationError(problems, root)
     kept = [e for e in images if not e["_problems"]]
 
-    names = {c["id"]: str(c["name"]) for c in categories}
-    counts = Counter(names[a["category_id"]] for e in kept for a in e["_anns"])
+    counts = Counter(a["category_id"] for e in kept for a in e["_anns"])
     parents = {c.get("supercategory") for c in categories}
-    unused = [names[c["id"]] for c in categories if counts[names[c["id"]]] == 0 and c["name"] in parents]
-    categories = [c for c in categories if names[c["id"]] not in unused]
+    unused = [c for c in categories if counts[c["id"]] == 0 and c["name"] in parents]
+    categories = [c for c in categories if c not in unused]
     small = [Problem("class_below_minimum", None, None,
-                     f"class {names[c['id']]!r} (id {c['id']}) has {counts[names[c['id']]]} object(s), "
-                     f"the minimum is {min_per_class}")
-             for c in categories if counts[names[c["id"]]] < min_per_class]
+                     f"class {c['name']!r} (id {c['id']}) has {counts[c['id']]} object(s), the minimum is {min_per_class}")
+             for c in categories if counts[c["id"]] < min_per_class]
     if small:
         raise CocoValidationError(small, root, skippable=False)
 
     if not split_files:
-        for e in kept:
-            for a in e["_anns"]:
-                a["_cat"] = names[a["category_id"]]
         _split_names(kept, counts, val, test, seed)
     splits = {s: _coco_dict(first, categories, [e for e in kept if e["_split"] == s], root) for s in SPLITS}
     return PreparedCoco(
@@ -322,7 +322,7 @@ def validate_and_split(
         dropped_annotations=sum(len(e["_anns"]) + sum(p.annotation_id is not None for p in e["_problems"])
                                 for e in images if e["_problems"]) + sum(p.kind == "unknown_image" for p in loose),
         clipped_boxes=clipped,
-        unused_categories=unused,
+        unused_categories=[str(c["name"]) for c in unused],
     )
 
 
