@@ -11,7 +11,7 @@ later hides the ink under it); each object also has its visible-ink mask as COCO
 
 Deterministic: image i depends only on (seed, i), so the same seed gives the same bytes.
 
-    python -m train.tasks.detection.synth data/raw/digits_det [n=3000] [seed=0]
+    python -m train.tasks.detection.synth data/raw/digits_det [n=3000] [seed=0] [min_digit=16 ...]
 
 writes data/raw/digits_det/annotations.json and data/raw/digits_det/images/<i>.jpg|png.
 """
@@ -24,7 +24,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +225,7 @@ def generate(root: Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEED, cfg: Synt
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **obj})
     coco = {
         "info": {"description": "digits_det: scikit-learn digit scans drawn on real photographs (visionops)",
-                 "version": "1", "n": n, "seed": seed, "attribution": ATTRIBUTION},
+                 "version": "1", "n": n, "seed": seed, "config": asdict(cfg), "attribution": ATTRIBUTION},
         "licenses": [],
         "categories": CATEGORIES,
         "images": images,
@@ -235,8 +235,10 @@ def generate(root: Path, n: int = DEFAULT_N, seed: int = DEFAULT_SEED, cfg: Synt
     return coco
 
 
-def _parse(argv: list[str]) -> tuple[Path, int, int]:
-    root, n, seed = Path("data/raw/digits_det"), DEFAULT_N, DEFAULT_SEED
+def _parse(argv: list[str]) -> tuple[Path, int, int, SynthConfig]:
+    """DIR, n=, seed= and any SynthConfig field as key=value (min_digit=20 negative_fraction=0.1)."""
+    root, n, seed, knobs = Path("data/raw/digits_det"), DEFAULT_N, DEFAULT_SEED, {}
+    types = {f.name: f.type for f in fields(SynthConfig)}
     for arg in argv:
         key, eq, value = arg.partition("=")
         if not eq:
@@ -245,15 +247,18 @@ def _parse(argv: list[str]) -> tuple[Path, int, int]:
             n = int(value)
         elif key == "seed":
             seed = int(value)
+        elif key in types:
+            knobs[key] = int(value) if types[key] in (int, "int") else float(value)
         else:
-            raise SystemExit(f"unknown argument {arg!r}: usage: python -m train.tasks.detection.synth DIR [n=N] [seed=S]")
-    return root, n, seed
+            raise SystemExit(f"unknown argument {arg!r}: usage: python -m train.tasks.detection.synth DIR [n=N] "
+                             f"[seed=S] [{'|'.join(types)}=VALUE]")
+    return root, n, seed, SynthConfig(**knobs)
 
 
 def main(argv: list[str] | None = None) -> None:
-    root, n, seed = _parse(sys.argv[1:] if argv is None else argv)
+    root, n, seed, cfg = _parse(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
-    coco = generate(root, n, seed)
+    coco = generate(root, n, seed, cfg)
     took = time.perf_counter() - start
     negatives = n - len({a["image_id"] for a in coco["annotations"]})
     print(f"Wrote {n} images ({len(coco['annotations'])} objects, {negatives} without any) to {root}/ "
