@@ -237,7 +237,7 @@ def _split_names(images: list[dict], counts: Counter, val: float, test: float, s
     """Assign `_split` by image, stratified by each image's rarest class (negatives are their own
     stratum), so a class with a handful of images still reaches every split. Deterministic:
     strata in sorted order, members by file name, one seeded generator."""
-    strata: dict[str, list[dict]] = defaultdict(list)
+    strata: dict[Any, list[dict]] = defaultdict(list)
     for entry in images:
         present = {a["category_id"] for a in entry["_anns"]}
         strata[min(present, key=lambda c: (counts[c], _id_key(c))) if present else None].append(entry)
