@@ -18,38 +18,50 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """PyTorch in this process computes on one thread. The models here are tiny, and the tests'
+    servers and subprocesses (or anything else on the machine) share the cores: with a thread per
+    core, training the shared champion took 80-90 s instead of 15 s whenever another process was busy
+    (its threads spin waiting for each other). Subprocesses keep PyTorch's default."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _repo_cwd(monkeypatch):
     """Entry points resolve conf/ and relative paths from the repository root."""
     monkeypatch.chdir(REPO)
 
 
+# The environment the session started with. The pipeline's entry points point MLflow at their store
+# process-wide (mlflow.set_tracking_uri, which also sets $MLFLOW_TRACKING_URI for subprocesses), and
+# session- and module-scoped fixtures run them too: every test starts from this environment.
+_SESSION_ENV = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+
+
 @pytest.fixture(autouse=True)
 def _environment_restored():
-    """Each test leaves the environment and MLflow's process-wide store as it found them: a test that
-    sets MLFLOW_TRACKING_URI (or calls mlflow.set_tracking_uri, which sets it too) points no later
-    test at its store."""
-    env = dict(os.environ)
-    uris = _mlflow_uris()
+    """Each test starts and leaves with the session's environment and MLflow's process-wide store
+    unset, so that no test (nor a fixture that trained or registered before it) points a later test
+    at its store. Autouse function fixtures run after the wider-scoped ones: what those set is undone."""
+    _restore_environment()
     yield
-    if uris != _mlflow_uris():
+    _restore_environment()
+
+
+def _restore_environment() -> None:
+    for key in {*os.environ, *_SESSION_ENV} - {"PYTEST_CURRENT_TEST"}:  # that one is pytest's
+        if key not in _SESSION_ENV:
+            del os.environ[key]
+        elif os.environ.get(key) != _SESSION_ENV[key]:
+            os.environ[key] = _SESSION_ENV[key]
+    if "mlflow" in sys.modules:
         from mlflow.tracking._model_registry import utils as registry
         from mlflow.tracking._tracking_service import utils as tracking
 
-        tracking._tracking_uri, registry._registry_uri = uris
-    if os.environ != env:
-        os.environ.clear()
-        os.environ.update(env)
-
-
-def _mlflow_uris() -> tuple[str | None, str | None]:
-    """MLflow's process-wide tracking and registry URIs (None: unset), if MLflow is imported at all."""
-    if "mlflow" not in sys.modules:
-        return None, None
-    from mlflow.tracking._model_registry import utils as registry
-    from mlflow.tracking._tracking_service import utils as tracking
-
-    return tracking._tracking_uri, registry._registry_uri
+        tracking._tracking_uri = registry._registry_uri = None  # as on import: mlflow reads the environment
 
 
 @pytest.fixture(scope="session")

@@ -125,6 +125,7 @@ def test_corrupt_model_artifact_moves_nothing(registry, tmp_path):
     store, _data_root, client, _ = registry
     # A version whose ONNX file is garbage: its artifacts are corrupted in the store itself.
     mv = client.get_model_version(NAME, "1")
+    mlflow.set_tracking_uri(client.tracking_uri)  # MLflow resolves models:/ URIs in the process-wide registry
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{NAME}/1", dst_path=str(tmp_path / "dl"),
                                                      tracking_uri=client.tracking_uri))
     fmt = json.loads((local / "artifacts" / "bundle.json").read_text())["serving_format"]
