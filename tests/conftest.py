@@ -3,6 +3,7 @@ champion in a real MLflow store that the serving, batch, packaging, monitoring a
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from helpers import REPO, make_cfg
+from helpers import REPO, Background, make_cfg
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
@@ -132,16 +133,42 @@ class Champion:
 CHAMPION_OVERRIDES = ("trainer.max_epochs=10", "model.net.width=16")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _head_starts(request, tmp_path_factory) -> dict[str, Background]:
+    """The slowest self-contained builds that the selected tests need, started in subprocesses as the
+    session begins: everything here computes on one thread, so they run on the second core while the
+    first works through the quick tests. The shared champion (when a selected test uses it), and what
+    a selected test module's `head_start(tmp_path_factory)` starts (test_dvc_pipeline: its `dvc
+    repro`). Each is waited for by the fixture that needs it; any still running at the end is stopped."""
+    items = request.session.items
+    started = {}
+    for module in {item.module for item in items if getattr(item, "module", None) is not None}:
+        if hasattr(module, "head_start"):
+            started[module.__name__] = module.head_start(tmp_path_factory)
+    if any({"champion", "shared_champion"} & set(getattr(item, "fixturenames", ())) for item in items):
+        started["champion"] = _start_champion(tmp_path_factory, request.getfixturevalue("digits_full"))
+    yield started
+    for build in started.values():
+        build.stop()
+
+
+def _start_champion(tmp_path_factory, data: Path) -> Background:
+    """prepare, train, evaluate, export and register (helpers.build_version) in a subprocess."""
+    store = tmp_path_factory.mktemp("champion")
+    return Background([sys.executable, str(REPO / "tests" / "helpers.py"), str(store), str(store / "v1"), str(data),
+                       *CHAMPION_OVERRIDES], REPO, dict(os.environ), tmp_path_factory.mktemp("champion_build"), store)
+
+
 @pytest.fixture(scope="session")
-def shared_champion(tmp_path_factory, digits_full) -> Champion:
+def shared_champion(_head_starts, tmp_path_factory, digits_full) -> Champion:
     """Built once per session by the real pipeline (prepare, train, evaluate, export, register).
     Tests reach it through `champion`, which checks that they left it as they found it."""
-    from helpers import build_version
-
-    store = tmp_path_factory.mktemp("champion")
-    verdict = build_version(store, store / "v1", digits_full, list(CHAMPION_OVERRIDES))
+    build = _head_starts.get("champion") or _start_champion(tmp_path_factory, digits_full)
+    r = build.wait()
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    verdict = json.loads(r.stdout.strip().splitlines()[-1])
     assert verdict["decision"] == "promoted to champion", verdict
-    return Champion(store=store, work=store / "v1", data=digits_full, overrides=CHAMPION_OVERRIDES)
+    return Champion(store=build.path, work=build.path / "v1", data=digits_full, overrides=CHAMPION_OVERRIDES)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from helpers import REPO, bin_path
+from helpers import REPO, Background, bin_path
 
 pytestmark = pytest.mark.integration
 
@@ -38,9 +38,21 @@ def _git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
 
 
+def head_start(tmp_path_factory) -> Background:
+    """Called by tests/conftest.py as the session begins, when a test of this module is selected:
+    the copy is made and its `dvc repro` started, to run beside the quick tests (`reproduced` waits
+    for it)."""
+    repo = _copy_repo(tmp_path_factory.mktemp("clone") / "visionops")
+    return Background([bin_path("dvc"), "repro"], repo, _env(repo), tmp_path_factory.mktemp("dvc_repro"), repo)
+
+
 @pytest.fixture(scope="module")
-def repo_copy(tmp_path_factory) -> Path:
-    dst = tmp_path_factory.mktemp("clone") / "visionops"
+def repo_copy(_head_starts) -> Path:
+    """A git copy of this repository (tracked and untracked, not ignored, files), its params shrunk."""
+    return _head_starts[__name__].path
+
+
+def _copy_repo(dst: Path) -> Path:
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split()
     for f in files:
@@ -86,8 +98,9 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def reproduced(repo_copy) -> subprocess.CompletedProcess:
-    return _dvc(repo_copy, "repro")
+def reproduced(_head_starts) -> subprocess.CompletedProcess:
+    """The copy's first `dvc repro` (started with the session, see head_start)."""
+    return _head_starts[__name__].wait(timeout=600)
 
 
 def test_repro_runs_every_stage_then_does_nothing(repo_copy, reproduced):
