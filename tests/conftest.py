@@ -54,3 +54,13 @@ def pytest_addoption(parser):
     parser.addoption("--model-uri", default=None,
                      help="registered model the tests/model suite checks (default: the project's champion in its "
                           "store, see visionops.project; built in a temporary store if absent)")
+
+
+@pytest.fixture(scope="session")
+def digits_det_small(tmp_path_factory) -> Path:
+    """60 images of the bundled detection dataset (COCO), generated as the raw stage does."""
+    from train.tasks.detection.synth import generate
+
+    root = tmp_path_factory.mktemp("digits_det") / "digits_det"
+    generate(root, n=60, seed=3)
+    return root

@@ -109,7 +109,9 @@ class CenterNet(nn.Module):
             gx = torch.exp(-((xs[None, :] - ix[:, None]) ** 2) / (2 * sx[:, None] ** 2))  # (N, w)
             gy = torch.exp(-((ys[None, :] - iy[:, None]) ** 2) / (2 * sy[:, None] ** 2))  # (N, h)
             g = gy[:, :, None] * gx[:, None, :]  # (N, h, w), exactly 1 at each centre cell
-            heat[b].index_reduce_(0, t["labels"].long().reshape(-1), g, "amax", include_self=True)
+            labels = t["labels"].long().reshape(-1)
+            for c in labels.unique():
+                heat[b, c] = torch.maximum(heat[b, c], g[labels == c].amax(0))
             idx.append(b * h * w + iy.long() * w + ix.long())
             off.append(torch.stack([cx - ix, cy - iy], 1))
             size.append(torch.stack([bw, bh], 1))

@@ -85,8 +85,8 @@ def coco_metrics(preds: Detections, truth: Detections, labels: list[str], prefix
     m: dict[str, Any] = {f"{prefix}/{k}": _num(r[k]) for k in keys}
     m[f"{prefix}/n"] = len(truth)
     m[f"{prefix}/objects"] = int(sum(int((t["iscrowd"] == 0).sum()) for t in truth))
-    counts = np.bincount(np.concatenate([t["labels"][t["iscrowd"] == 0].numpy() for t in truth] or [np.zeros(0, int)]),
-                         minlength=len(labels))
+    counts = np.bincount(np.concatenate([np.zeros(0, np.int64), *(t["labels"][t["iscrowd"] == 0].numpy() for t in truth)])
+                         .astype(np.int64), minlength=len(labels))
     classes = [int(c) for c in np.atleast_1d(r["classes"].numpy())]
     precision = r["precision"].numpy()  # (iou thresholds, recall points, classes, areas, max dets)
     per_class = {}
