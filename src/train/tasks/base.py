@@ -10,6 +10,16 @@ detection differ they ask the task (`train.tasks.task_of(cfg)`) for the step:
     load(ckpt)                         a trained LightningModule back from its checkpoint, eval mode
     evaluate(cfg, model, out)          judge it on the test and validation splits: an Evaluation
 
+then, for the model that leaves training,
+
+    export(cfg)                        ONNX with the task's outputs, parity and speed (the export stage)
+    pyfunc_example(cfg, export_dir)    an input and its output for the registered model's signature
+    gate_evaluate(local, prepared, metric, cache)   a registry version's gate metric on the pinned
+                                       test split, with what recomputes it on resampled images
+    resampled(per_image, idx)          that metric on each resample (rows of image indices)
+    parity_summary(parity)             the export parity numbers the registry's gate shows
+    model_card(verdict, local)         the registered version's description
+
 and names what differs in the reports: the per-epoch metrics of the learning curves (`history`),
 the last epoch's numbers training reports (`last_epoch`), the evaluate stage's headline metrics
 (`headline`, the DVC metric) and the test metric the registry's gate compares (`gate_metric`).
@@ -49,6 +59,21 @@ class Evaluation:
     artifacts: list[tuple[Path, str]] = field(default_factory=list)
 
 
+@dataclass
+class GateEvaluation:
+    """A registry version's gate metric on the pinned test split, run in its serving format.
+
+    `score`: the metric on every test image; `per_image`: what `Task.resampled` recomputes it
+    from on resampled images (the paired bootstrap); `details`: more for the verdict and the model
+    card (e.g. AP per class)."""
+
+    version: str
+    score: float
+    per_image: Any
+    images: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
 class Task(ABC):
     name: str
     history: tuple[str, ...]
@@ -75,6 +100,32 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, cfg: DictConfig, model: Any, out: Path) -> Evaluation:
         """The model on the test and validation splits; task-specific files go under `out`."""
+
+    @abstractmethod
+    def export(self, cfg: DictConfig) -> dict[str, Any]:
+        """Export paths.models' best checkpoint to ONNX under paths.models/export (bundle.json,
+        parity.json) and write reports/export/{parity.json (headline), report.json}."""
+
+    @abstractmethod
+    def pyfunc_example(self, cfg: DictConfig, export_dir: Path) -> tuple[Any, Any]:
+        """(input, output) of the exported model on two test images: the MLflow signature."""
+
+    @abstractmethod
+    def gate_evaluate(self, local: Any, prepared: Path, metric: str, cache: dict[str, Any]) -> GateEvaluation:
+        """Registry version `local` (visionops.model_store.LocalModel) on the pinned test split in
+        paths.prepared; `cache` keeps decoded inputs between the versions of one gate."""
+
+    @abstractmethod
+    def resampled(self, per_image: Any, idx: Any) -> Any:
+        """The gate metric on each resample: `idx` (R, images) image indices -> (R,) scores."""
+
+    @abstractmethod
+    def parity_summary(self, parity: dict[str, Any]) -> dict[str, Any]:
+        """The export's parity numbers the registry's parity gate reports."""
+
+    @abstractmethod
+    def model_card(self, verdict: dict[str, Any], local: Any) -> str:
+        """Markdown describing a registered version and its gate verdict."""
 
     def labels(self, prepared: Path) -> list[str]:
         """The class names of the prepared data, in label order."""

@@ -9,7 +9,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from train.tasks.base import Evaluation, Task
+from train.tasks.base import Evaluation, GateEvaluation, Task
+from visionops.errors import VisionopsError
 
 VALIDATION_PLOT = "confusion_val.png"
 
@@ -87,6 +88,45 @@ class ClassificationTask(Task):
             mlflow_extra={"val/ece": val["val/ece"]},
             artifacts=[(png, "plots"), (val_png, "plots")],
         )
+
+    def export(self, cfg: DictConfig) -> dict[str, Any]:
+        from train.export import export_classifier
+
+        return export_classifier(cfg)
+
+    def pyfunc_example(self, cfg: DictConfig, export_dir: Path) -> tuple[Any, Any]:
+        """Two test images (a batch of 2 keeps the batch axis dynamic) and their probabilities."""
+        from visionops.bundle import ModelBundle
+        from visionops.manifest import read_manifest
+        from visionops.onnx_runtime import OnnxModel
+        from visionops.preprocess import load_batch
+
+        spec = ModelBundle.load(export_dir).preprocess
+        test = read_manifest(Path(cfg.paths.prepared) / "test.csv")[:2]
+        example = load_batch([r.path for r in test], spec)
+        return example, OnnxModel(export_dir / "model.onnx").predict_proba(example)
+
+    def gate_evaluate(self, local: Any, prepared: Path, metric: str, cache: dict[str, Any]) -> GateEvaluation:
+        from train.gate import evaluate_version
+
+        if metric != "accuracy":
+            raise VisionopsError(f"registry.gate.primary_metric={metric} is not a classification metric "
+                                 "(accuracy); a detection project's commands take task=detection")
+        ev = evaluate_version(local, prepared, cache)
+        return GateEvaluation(ev.version, ev.accuracy, ev.correct, len(ev.correct))
+
+    def resampled(self, per_image: Any, idx: Any) -> Any:
+        from train.gate import mean_of_resamples
+
+        return mean_of_resamples(per_image, idx)
+
+    def parity_summary(self, parity: dict[str, Any]) -> dict[str, Any]:
+        return {"top1_agreement": parity.get("top1_agreement")}
+
+    def model_card(self, verdict: dict[str, Any], local: Any) -> str:
+        from train.decision import classification_card
+
+        return classification_card(verdict, local)
 
 
 TASK = ClassificationTask()

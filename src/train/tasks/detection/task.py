@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from train.tasks.base import Evaluation, Task
+from train.tasks.base import Evaluation, GateEvaluation, Task
 from visionops.errors import VisionopsError
 
 PICTURE = "predictions.jpg"
@@ -130,6 +130,38 @@ class DetectionTask(Task):
             mlflow_extra=per_class,
             artifacts=[(png, "plots"), (curves, "plots"), *((p, "plots") for p in pictures)],
         )
+
+    # -- export and registry: train.tasks.detection.export and .registry -------------------------
+
+    def export(self, cfg: DictConfig) -> dict[str, Any]:
+        from train.tasks.detection.export import export
+
+        return export(cfg)
+
+    def pyfunc_example(self, cfg: DictConfig, export_dir: Path) -> tuple[Any, Any]:
+        from train.tasks.detection.registry import pyfunc_example
+
+        return pyfunc_example(cfg, export_dir)
+
+    def gate_evaluate(self, local: Any, prepared: Path, metric: str, cache: dict[str, Any]) -> GateEvaluation:
+        from train.tasks.detection.registry import gate_evaluate
+
+        return gate_evaluate(local, prepared, metric, cache)
+
+    def resampled(self, per_image: Any, idx: Any) -> Any:
+        from train.tasks.detection.registry import resampled
+
+        return resampled(per_image, idx)
+
+    def parity_summary(self, parity: dict[str, Any]) -> dict[str, Any]:
+        from train.tasks.detection.registry import parity_summary
+
+        return parity_summary(parity)
+
+    def model_card(self, verdict: dict[str, Any], local: Any) -> str:
+        from train.tasks.detection.registry import model_card
+
+        return model_card(verdict, local)
 
 
 TASK = DetectionTask()
