@@ -11,18 +11,19 @@ from train.tasks.detection.centernet import CenterNet, focal_loss
 from train.tasks.detection.models import DETECTORS, TORCHVISION, build_detector
 
 
-def test_targets_peak_at_each_centre_on_its_class():
+def test_targets_peak_at_each_centre_and_cells_near_it_learn_its_box_and_class():
     net = CenterNet(3)
     boxes = torch.tensor([[8.0, 12.0, 40.0, 44.0], [60.0, 60.0, 100.0, 90.0]])  # centres (24, 28), (80, 75)
     heat, cells = net.encode([{"boxes": boxes, "labels": torch.tensor([2, 0])}], 32, 32)
-    assert heat.shape == (1, 3, 32, 32)
-    assert heat[0, 2, 7, 6] == 1.0 and heat[0, 0, 18, 20] == 1.0  # cell = floor(centre / 4), (row, col)
-    assert heat[0, 1].max() == 0.0 and int((heat == 1).sum()) == 2
-    assert 0 < heat[0, 2, 7, 8] < 1 and heat[0, 2, 7, 8] > heat[0, 2, 7, 10]  # a Gaussian falling off
-    # every cell near a centre regresses its object's box (in cells), weighted by the Gaussian
-    at = {int(i): (b.tolist(), float(w)) for i, b, w in zip(cells["index"], cells["box"], cells["weight"])}
-    assert at[7 * 32 + 6] == ([2.0, 3.0, 10.0, 11.0], 1.0) and at[18 * 32 + 20] == ([15.0, 15.0, 25.0, 22.5], 1.0)
-    assert 7 * 32 + 7 in at and at[7 * 32 + 7][1] < 1 and 7 * 32 + 10 not in at
+    assert heat.shape == (1, 1, 32, 32)
+    assert heat[0, 0, 7, 6] == 1.0 and heat[0, 0, 18, 20] == 1.0  # cell = floor(centre / 4), (row, col)
+    assert int((heat == 1).sum()) == 2
+    assert 0 < heat[0, 0, 7, 8] < 1 and heat[0, 0, 7, 8] > heat[0, 0, 7, 10]  # a Gaussian falling off
+    # every cell near a centre regresses its object's box (in cells) and class, weighted by the Gaussian
+    at = {int(i): (b.tolist(), int(c), float(w))
+          for i, b, c, w in zip(cells["index"], cells["box"], cells["label"], cells["weight"])}
+    assert at[7 * 32 + 6] == ([2.0, 3.0, 10.0, 11.0], 2, 1.0) and at[18 * 32 + 20] == ([15.0, 15.0, 25.0, 22.5], 0, 1.0)
+    assert 7 * 32 + 7 in at and at[7 * 32 + 7][2] < 1 and 7 * 32 + 10 not in at
     assert (cells["weight"] >= 0.3).all() and len(at) > 2
 
 
@@ -30,23 +31,26 @@ def test_an_image_without_objects_has_an_empty_target_and_a_finite_loss():
     net = CenterNet(2)
     empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
     losses = net.loss(torch.rand(2, 3, 64, 64), [empty, empty])
-    assert torch.isfinite(losses["loss"]) and losses["loss_box"] == 0
+    assert torch.isfinite(losses["loss"]) and losses["loss_box"] == 0 and losses["loss_class"] == 0
 
 
-def test_decoding_an_ideal_output_gives_the_boxes_back():
+def test_decoding_an_ideal_output_gives_the_boxes_and_classes_back():
     net = CenterNet(2, max_detections=5)
     boxes = torch.tensor([[8.0, 12.0, 40.0, 44.0], [60.0, 60.0, 100.0, 90.0]])
     heat, cells = net.encode([{"boxes": boxes, "labels": torch.tensor([1, 0])}], 32, 32)
-    logits = torch.logit(heat.clamp(1e-6, 1 - 1e-6))
+    objectness = torch.logit(heat.clamp(1e-6, 1 - 1e-6))
     flat = torch.zeros(32 * 32, 4)
+    classes = torch.zeros(32 * 32, 2)
     pix = cells["index"]
     px, py = (pix % 32).float() + 0.5, (pix // 32).float() + 0.5
     b = cells["box"]
     distances = torch.stack([px - b[:, 0], py - b[:, 1], b[:, 2] - px, b[:, 3] - py], 1) / net.distance_scale
     flat[pix] = torch.log(torch.expm1(distances))  # the inverse of the head's softplus
+    classes[pix, cells["label"]] = 20.0
     reg = flat.reshape(1, 32, 32, 4).permute(0, 3, 1, 2)
-    out_boxes, scores, labels = net.decode(logits, reg, (128, 128))
-    assert out_boxes.shape == (1, 5, 4) and scores[0, 0] > 0.99 and scores[0, 1] > 0.99 and scores[0, 2] < 0.99
+    cls = classes.reshape(1, 32, 32, 2).permute(0, 3, 1, 2)
+    out_boxes, scores, labels = net.decode(objectness, cls, reg, (128, 128))
+    assert out_boxes.shape == (1, 5, 4) and scores[0, 0] > 0.99 and scores[0, 1] > 0.99 and scores[0, 2] < 0.01
     got = {int(lab): b for lab, b in zip(labels[0, :2].tolist(), out_boxes[0, :2])}
     assert torch.allclose(got[1], boxes[0], atol=1e-3) and torch.allclose(got[0], boxes[1], atol=1e-3)
 
