@@ -127,3 +127,13 @@ def test_unknown_detector_and_weights_for_centernet_fail_clearly():
 def test_unknown_weights_name_for_a_torchvision_detector_lists_options():
     with pytest.raises(PretrainedWeightsUnavailable, match="COCO_V1"):
         build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=2, weights="BOGUS")
+
+
+@pytest.mark.parametrize("key", ["weights", "weights_backbone"])
+def test_pretrained_detector_weights_offline_fail_in_one_clear_line(key, tmp_path, monkeypatch):
+    """No network here: asking for COCO or ImageNet weights says what to do instead of a traceback."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
+        build_detector("ssdlite320_mobilenet_v3_large", num_classes=2, **{key: "DEFAULT"})
+    message = str(info.value)
+    assert f"model.net.{key}=null" in message and "\n" not in message
