@@ -14,7 +14,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONUNBUFFERED := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: help install demo test params repro metrics exp plots notebook mlflow-ui serve monitor simulate evidently-ui lint bench wrk sysdeps lock clean
+.PHONY: help install demo test test-fast params repro metrics exp plots notebook mlflow-ui serve monitor simulate evidently-ui lint bench wrk sysdeps lock clean
 
 # Every target, one line each (no prerequisites: `make help` never installs anything).
 help:
@@ -22,6 +22,7 @@ help:
 	@echo "  make demo          install (first time), run the pipeline (dvc repro), then the serve + drift loop"
 	@echo "  make install       create .venv with the pinned environment (other targets do it when needed)"
 	@echo "  make test          run the test suite (installs PostgreSQL and Chromium first if missing)"
+	@echo "  make test-fast     the unit tests only (tests/code, tests/data): no trained model, store or server"
 	@echo "  make params        compose conf/ into params.yaml (what the DVC stages read)"
 	@echo "  make repro         make params, then dvc repro: rerun the stages whose inputs changed"
 	@echo "  make metrics       the pipeline's headline metrics (dvc metrics show), one table per stage"
@@ -99,6 +100,10 @@ demo: repro
 
 test: $(STAMP) sysdeps
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The floor to run after every change: units on synthetic inputs and the data checks, under a minute.
+test-fast: $(STAMP)
+	@$(BIN)/python -m pytest tests/code tests/data $(PYTEST_ARGS)
 
 # Runs and the registry; prints "MLflow UI ready at <url>" once the page answers (a link to the
 # model-training view). Ctrl-C stops it.

@@ -11,38 +11,48 @@ from train.tasks.detection.centernet import CenterNet, focal_loss
 from train.tasks.detection.models import DETECTORS, TORCHVISION, build_detector
 
 
-def test_targets_peak_at_each_centre_on_its_class():
+def test_targets_peak_at_each_centre_and_cells_near_it_learn_its_box_and_class():
     net = CenterNet(3)
     boxes = torch.tensor([[8.0, 12.0, 40.0, 44.0], [60.0, 60.0, 100.0, 90.0]])  # centres (24, 28), (80, 75)
-    heat, obj = net.encode([{"boxes": boxes, "labels": torch.tensor([2, 0])}], 32, 32)
-    assert heat.shape == (1, 3, 32, 32)
-    assert heat[0, 2, 7, 6] == 1.0 and heat[0, 0, 18, 20] == 1.0  # cell = floor(centre / 4), (row, col)
-    assert heat[0, 1].max() == 0.0 and int((heat == 1).sum()) == 2
-    assert 0 < heat[0, 2, 7, 8] < 1 and heat[0, 2, 7, 8] > heat[0, 2, 7, 10]  # a Gaussian falling off
-    assert obj["index"].tolist() == [7 * 32 + 6, 18 * 32 + 20]
-    assert torch.allclose(obj["offset"], torch.tensor([[0.0, 0.0], [0.0, 0.75]]))
-    assert torch.allclose(obj["size"], torch.tensor([[8.0, 8.0], [10.0, 7.5]]))
+    heat, cells = net.encode([{"boxes": boxes, "labels": torch.tensor([2, 0])}], 32, 32)
+    assert heat.shape == (1, 1, 32, 32)
+    assert heat[0, 0, 7, 6] == 1.0 and heat[0, 0, 18, 20] == 1.0  # cell = floor(centre / 4), (row, col)
+    assert int((heat == 1).sum()) == 2
+    assert 0 < heat[0, 0, 7, 8] < 1 and heat[0, 0, 7, 8] > heat[0, 0, 7, 10]  # a Gaussian falling off
+    # every cell near a centre regresses its object's box (in cells) and class, weighted by the Gaussian
+    at = {int(i): (b.tolist(), int(c), float(w))
+          for i, b, c, w in zip(cells["index"], cells["box"], cells["label"], cells["weight"])}
+    assert at[7 * 32 + 6] == ([2.0, 3.0, 10.0, 11.0], 2, 1.0) and at[18 * 32 + 20] == ([15.0, 15.0, 25.0, 22.5], 0, 1.0)
+    assert 7 * 32 + 7 in at and at[7 * 32 + 7][2] < 1 and 7 * 32 + 10 not in at
+    assert (cells["weight"] >= 0.3).all() and len(at) > 2
 
 
 def test_an_image_without_objects_has_an_empty_target_and_a_finite_loss():
     net = CenterNet(2)
-    losses = net.loss(torch.rand(2, 3, 64, 64), [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}] * 2)
-    assert torch.isfinite(losses["loss"]) and losses["loss_size"] == 0
+    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    losses = net.loss(torch.rand(2, 3, 64, 64), [empty, empty])
+    assert torch.isfinite(losses["loss"]) and losses["loss_box"] == 0 and losses["loss_class"] == 0
 
 
-def test_decoding_an_ideal_output_gives_the_boxes_back():
+def test_decoding_an_ideal_output_gives_the_boxes_and_classes_back():
     net = CenterNet(2, max_detections=5)
     boxes = torch.tensor([[8.0, 12.0, 40.0, 44.0], [60.0, 60.0, 100.0, 90.0]])
-    heat, obj = net.encode([{"boxes": boxes, "labels": torch.tensor([1, 0])}], 32, 32)
-    logits = torch.logit(heat.clamp(1e-6, 1 - 1e-6))
-    reg = torch.zeros(1, 4, 32, 32)
-    flat = reg.permute(0, 2, 3, 1).reshape(-1, 4)
-    flat[obj["index"]] = torch.cat([obj["offset"], obj["size"]], 1)
+    heat, cells = net.encode([{"boxes": boxes, "labels": torch.tensor([1, 0])}], 32, 32)
+    objectness = torch.logit(heat.clamp(1e-6, 1 - 1e-6))
+    flat = torch.zeros(32 * 32, 4)
+    classes = torch.zeros(32 * 32, 2)
+    pix = cells["index"]
+    px, py = (pix % 32).float() + 0.5, (pix // 32).float() + 0.5
+    b = cells["box"]
+    distances = torch.stack([px - b[:, 0], py - b[:, 1], b[:, 2] - px, b[:, 3] - py], 1) / net.distance_scale
+    flat[pix] = torch.log(torch.expm1(distances))  # the inverse of the head's softplus
+    classes[pix, cells["label"]] = 20.0
     reg = flat.reshape(1, 32, 32, 4).permute(0, 3, 1, 2)
-    out_boxes, scores, labels = net.decode(logits, reg, (128, 128))
-    assert out_boxes.shape == (1, 5, 4) and scores[0, 0] > 0.99 and scores[0, 1] > 0.99 and scores[0, 2] < 0.99
+    cls = classes.reshape(1, 32, 32, 2).permute(0, 3, 1, 2)
+    out_boxes, scores, labels = net.decode(objectness, cls, reg, (128, 128))
+    assert out_boxes.shape == (1, 5, 4) and scores[0, 0] > 0.99 and scores[0, 1] > 0.99 and scores[0, 2] < 0.01
     got = {int(lab): b for lab, b in zip(labels[0, :2].tolist(), out_boxes[0, :2])}
-    assert torch.allclose(got[1], boxes[0], atol=1e-4) and torch.allclose(got[0], boxes[1], atol=1e-4)
+    assert torch.allclose(got[1], boxes[0], atol=1e-3) and torch.allclose(got[0], boxes[1], atol=1e-3)
 
 
 def test_focal_loss_rewards_confident_right_answers():
@@ -117,3 +127,13 @@ def test_unknown_detector_and_weights_for_centernet_fail_clearly():
 def test_unknown_weights_name_for_a_torchvision_detector_lists_options():
     with pytest.raises(PretrainedWeightsUnavailable, match="COCO_V1"):
         build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", num_classes=2, weights="BOGUS")
+
+
+@pytest.mark.parametrize("key", ["weights", "weights_backbone"])
+def test_pretrained_detector_weights_offline_fail_in_one_clear_line(key, tmp_path, monkeypatch):
+    """No network here: asking for COCO or ImageNet weights says what to do instead of a traceback."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
+        build_detector("ssdlite320_mobilenet_v3_large", num_classes=2, **{key: "DEFAULT"})
+    message = str(info.value)
+    assert f"model.net.{key}=null" in message and "\n" not in message

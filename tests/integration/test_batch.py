@@ -1,4 +1,4 @@
-"""Batch inference for real, against one model registered in a temporary MLflow store: a folder of
+"""Batch inference for real, against the tests' shared champion (tests/conftest.py): a folder of
 images to Parquet (same predictions as the model in-process), a corrupt file that does not stop the
 run, a video's every 5th frame to CSV, and bad input that fails with one clear line."""
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import build_version, run_cli
+from helpers import run_cli
 
 pytestmark = pytest.mark.integration
 CHAMPION = "models:/visionops-digits@champion"
@@ -20,11 +20,9 @@ COLUMNS = ["source", "label", "score", "top_k", "model_version", "error"]
 
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory, digits_small) -> str:
+def registered(champion) -> str:
     """The tracking URI of a store holding version 1 of visionops-digits (@champion)."""
-    store = tmp_path_factory.mktemp("batch_store")
-    build_version(store, store / "v1", digits_small, ["trainer.max_epochs=2"])
-    return f"sqlite:///{store / 'mlflow.db'}"
+    return champion.tracking_uri
 
 
 @pytest.fixture(scope="module")

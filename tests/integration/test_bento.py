@@ -1,4 +1,4 @@
-"""Packaging: `bentoml build` of the champion, GPU and CPU variants, checked as built (no docker
+"""Packaging: `bentoml build` of the tests' shared champion (tests/conftest.py), GPU and CPU variants, checked as built (no docker
 engine here, so the generated Dockerfiles are checked rather than built), and `bentoml serve` of
 the built bento answering from the model packed inside it, with the registry out of reach."""
 
@@ -13,17 +13,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import build_version, run_cli
+from helpers import run_cli
 from serve import launch
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def bentos(tmp_path_factory, digits_small):
+def bentos(tmp_path_factory, champion):
+    """The champion packed by `python -m serve.package` (its BentoML home and output here, not in the store)."""
     store = tmp_path_factory.mktemp("bento")
-    build_version(store, store / "v1", digits_small, ["trainer.max_epochs=2"])
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "BENTOML_HOME": str(store / "bentoml")}
+    env = {"MLFLOW_TRACKING_URI": champion.tracking_uri, "BENTOML_HOME": str(store / "bentoml")}
     r = run_cli(["-m", "serve.package", f"out={store / 'out'}"], env=env, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return store, env, json.loads((store / "out" / "bentos.json").read_text())

@@ -54,7 +54,7 @@ def test_losses_and_validation_map_per_epoch_and_a_picture_in_mlflow(trained):
     run = c.get_run(metrics["run_id"])
     assert run.data.params["model.arch"] == "centernet" and run.data.params["task.name"] == "detection"
     assert run.data.tags["data_version"] == metrics["data_version"]
-    for key in ("val/map_50", "val/map", "val/map_75", "val/loss", "train/loss", "train/loss_heatmap", "train/loss_size"):
+    for key in ("val/map_50", "val/map", "val/map_75", "val/loss", "train/loss", "train/loss_heatmap", "train/loss_box", "train/loss_class"):
         assert [m.step for m in c.get_metric_history(run.info.run_id, key)] == [0, 1], key
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "checkpoints", "history.csv", "val_images"} <= artifacts

@@ -1,4 +1,4 @@
-"""The drift monitor for real: one champion registered in a temporary MLflow store, its reference
+"""The drift monitor for real: the tests' shared champion (tests/conftest.py, read only), its reference
 built by the reference stage, production windows made by the serving runtime over clean and
 corrupted test images (written with the service's PredictionLog), the job's verdicts, and the
 email delivered to a real SMTP server (aiosmtpd), refused by a closed port, or left in an outbox."""
@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import email
 import json
-import threading
 from datetime import UTC, datetime, timedelta
 from email import policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import REPO, build_version, pipeline_cfg, run_cli
+from helpers import REPO, pipeline_cfg, run_cli
 from serve import launch
 
 pytestmark = pytest.mark.integration
@@ -35,44 +33,44 @@ def _monitor_group() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def champion(tmp_path_factory, digits_full) -> dict:
-    root = tmp_path_factory.mktemp("monitor")
-    store, work = root / "store", root / "work"
-    build_version(store, work, digits_full, ["trainer.max_epochs=4", "model.net.width=16"])
-    return {"root": root, "store": store, "work": work, "data": digits_full}
+def mon(champion, tmp_path_factory) -> dict:
+    """The shared champion (read only: its store, version folder, images) and this module's own
+    folder, where the reference and every report go."""
+    return {"root": tmp_path_factory.mktemp("monitor"), "store": champion.store, "work": champion.work,
+            "data": champion.data, "overrides": list(champion.overrides)}
 
 
-def _cfg(champion: dict, tmp: Path, extra: list[str] = ()):
-    c = champion
+def _cfg(mon: dict, tmp: Path, extra: list[str] = ()):
+    c = mon
     return pipeline_cfg(c["store"], c["work"], c["data"], [
-        "model.net.width=16", *_monitor_group(),
-        f"monitor.reference_dir={c['store'] / 'reference'}", f"monitor.reports_dir={tmp / 'reports'}",
+        *c["overrides"], *_monitor_group(),
+        f"monitor.reference_dir={c['root'] / 'reference'}", f"monitor.reports_dir={tmp / 'reports'}",
         f"monitor.workspace={tmp / 'workspace'}", f"monitor.keep_drifted_to={tmp / 'incoming'}",
         f"monitor.email.outbox={tmp / 'outbox'}", "monitor.calibration_splits=2000", *extra])
 
 
 @pytest.fixture(scope="module")
-def reference(champion) -> dict:
+def reference(mon) -> dict:
     from monitor.reference import build_reference
 
-    return build_reference(_cfg(champion, champion["root"]))
+    return build_reference(_cfg(mon, mon["root"]))
 
 
 @pytest.fixture(scope="module")
-def runtime(champion):
+def runtime(mon):
     from serve.runtime import ModelRuntime
     from serve.settings import Settings
 
-    return ModelRuntime.load(Settings(model_uri=CHAMPION, tracking_uri=f"sqlite:///{champion['store'] / 'mlflow.db'}",
+    return ModelRuntime.load(Settings(model_uri=CHAMPION, tracking_uri=f"sqlite:///{mon['store'] / 'mlflow.db'}",
                                       log_dir=None))
 
 
 @pytest.fixture(scope="module")
-def test_images(champion) -> list[bytes]:
+def test_images(mon) -> list[bytes]:
     """200 test-split images (never seen in training nor in the reference), in a seeded order."""
     from visionops.manifest import read_manifest
 
-    recs = read_manifest(champion["store"] / "prepared" / "test.csv")
+    recs = read_manifest(mon["store"] / "prepared" / "test.csv")
     order = np.random.default_rng(0).permutation(len(recs))[:200]
     return [Path(recs[i].path).read_bytes() for i in order]
 
@@ -128,13 +126,13 @@ def _params(cfg, path: Path) -> Path:
     return path
 
 
-def test_reference_is_what_serving_computes_and_thresholds_are_calibrated(reference, champion, runtime):
+def test_reference_is_what_serving_computes_and_thresholds_are_calibrated(reference, mon, runtime):
     from visionops.imagestats import STAT_COLUMNS
     from visionops.manifest import read_manifest
 
-    ref_dir = champion["store"] / "reference"
+    ref_dir = mon["root"] / "reference"
     table = pd.read_parquet(ref_dir / "reference.parquet")
-    val = read_manifest(champion["store"] / "prepared" / "val.csv")
+    val = read_manifest(mon["store"] / "prepared" / "val.csv")
     assert len(table) == len(val) and {*STAT_COLUMNS, "embedding", "predicted_label", "top_score"} <= set(table.columns)
     # one image through the serving runtime by hand: the reference row holds the same features
     i = 7
@@ -152,10 +150,10 @@ def test_reference_is_what_serving_computes_and_thresholds_are_calibrated(refere
     assert cal["check_false_alarm_rate"] <= 0.10
 
 
-def test_clean_window_raises_no_alarm(champion, reference, clean_log, tmp_path):
+def test_clean_window_raises_no_alarm(mon, reference, clean_log, tmp_path):
     from monitor.job import run_job
 
-    res = run_job(_cfg(champion, tmp_path, [f"monitor.log_dir={clean_log}", *WINDOW, "monitor.html_report=false",
+    res = run_job(_cfg(mon, tmp_path, [f"monitor.log_dir={clean_log}", *WINDOW, "monitor.html_report=false",
                                             "monitor.email.on=drift"]))
     assert res["verdict"] == "no drift" and res["drift_detected"] is False, res["signals"]
     assert not any(v["drifted"] for v in res["signals"].values())
@@ -165,13 +163,13 @@ def test_clean_window_raises_no_alarm(champion, reference, clean_log, tmp_path):
 
 
 @pytest.mark.parametrize("corruption", ["gaussian_noise", "brightness"])
-def test_strong_corruption_is_detected_deterministically(champion, reference, runtime, test_images, noisy_log,
+def test_strong_corruption_is_detected_deterministically(mon, reference, runtime, test_images, noisy_log,
                                                          corruption, tmp_path):
     from monitor.job import run_job
 
     log_dir = noisy_log if corruption == "gaussian_noise" else \
         _write_window(runtime, tmp_path / "log", test_images, corruption, 5)
-    cfg = _cfg(champion, tmp_path, [f"monitor.log_dir={log_dir}", *WINDOW, "monitor.html_report=false"])
+    cfg = _cfg(mon, tmp_path, [f"monitor.log_dir={log_dir}", *WINDOW, "monitor.html_report=false"])
     res = run_job(cfg)
     assert res["drift_detected"] is True and res["verdict"] == "drift detected"
     assert sum(v["drifted"] for v in res["signals"].values()) >= 3, res["signals"]
@@ -190,9 +188,9 @@ def test_strong_corruption_is_detected_deterministically(champion, reference, ru
     assert (tmp_path / "reports" / WINDOW_NAME / "drift.json").read_bytes() == first
 
 
-def test_too_few_records_is_insufficient_data_and_exits_0(champion, reference, runtime, test_images, tmp_path):
+def test_too_few_records_is_insufficient_data_and_exits_0(mon, reference, runtime, test_images, tmp_path):
     log_dir = _write_window(runtime, tmp_path / "log", test_images[:10])
-    params = _params(_cfg(champion, tmp_path, [f"monitor.log_dir={log_dir}", "monitor.email.on=drift"]),
+    params = _params(_cfg(mon, tmp_path, [f"monitor.log_dir={log_dir}", "monitor.email.on=drift"]),
                      tmp_path / "params.yaml")
     r = run_cli(["-m", "monitor", "--params", str(params), *WINDOW])
     assert r.returncode == 0, r.stderr[-3000:]
@@ -202,7 +200,7 @@ def test_too_few_records_is_insufficient_data_and_exits_0(champion, reference, r
     assert not (tmp_path / "reports" / WINDOW_NAME / "report.html").exists()
 
 
-def test_a_torn_line_is_skipped_and_named_and_the_job_still_gives_a_verdict(champion, reference, runtime, test_images,
+def test_a_torn_line_is_skipped_and_named_and_the_job_still_gives_a_verdict(mon, reference, runtime, test_images,
                                                                            tmp_path):
     log_dir = _write_window(runtime, tmp_path / "log", test_images[:80])
     path, = log_dir.glob("predictions-*.jsonl")
@@ -211,7 +209,7 @@ def test_a_torn_line_is_skipped_and_named_and_the_job_still_gives_a_verdict(cham
     # next record glued onto it. Both are lost; the other 78 must still be monitored.
     path.write_bytes(b"".join([*lines[:30], lines[30][: len(lines[30]) // 2], *lines[31:]]))
     (log_dir / "predictions-20251201-otherhost-7.jsonl").write_bytes(b"not a record\n")  # another day: not opened
-    params = _params(_cfg(champion, tmp_path, [f"monitor.log_dir={log_dir}", "monitor.html_report=false"]),
+    params = _params(_cfg(mon, tmp_path, [f"monitor.log_dir={log_dir}", "monitor.html_report=false"]),
                      tmp_path / "params.yaml")
     r = run_cli(["-m", "monitor", "--params", str(params), *WINDOW])
     assert r.returncode == 0, r.stderr[-3000:]
@@ -223,13 +221,13 @@ def test_a_torn_line_is_skipped_and_named_and_the_job_still_gives_a_verdict(cham
     assert "1 damaged line skipped" in r.stdout
 
 
-def test_log_of_another_model_version_fails_clearly(champion, reference, runtime, test_images, tmp_path):
+def test_log_of_another_model_version_fails_clearly(mon, reference, runtime, test_images, tmp_path):
     from monitor.drift import MonitorError
     from monitor.job import run_job
 
     log_dir = _write_window(runtime, tmp_path / "log", test_images[:60], version="2")
     with pytest.raises(MonitorError, match=r"calibrated for visionops-digits v1.*monitor.reference"):
-        run_job(_cfg(champion, tmp_path, [f"monitor.log_dir={log_dir}", *WINDOW, "monitor.html_report=false"]))
+        run_job(_cfg(mon, tmp_path, [f"monitor.log_dir={log_dir}", *WINDOW, "monitor.html_report=false"]))
 
 
 class _Inbox:
@@ -258,16 +256,16 @@ UI_URL = "http://monitor.example:8000"
 
 
 @pytest.fixture(scope="module")
-def drift_runs(champion, reference, clean_log, noisy_log, tmp_path_factory) -> dict:
+def drift_runs(mon, reference, clean_log, noisy_log, tmp_path_factory) -> dict:
     """Two windows into one Evidently workspace: a clean one without an HTML report, then a noisy
     one with the full report and its email delivered to a real SMTP server."""
     from monitor.job import run_job
 
     tmp = tmp_path_factory.mktemp("runs")
     port = launch.free_port()
-    clean = run_job(_cfg(champion, tmp, [f"monitor.log_dir={clean_log}", *CLEAN_WINDOW, "monitor.html_report=false"]))
+    clean = run_job(_cfg(mon, tmp, [f"monitor.log_dir={clean_log}", *CLEAN_WINDOW, "monitor.html_report=false"]))
     with _Inbox(port) as inbox:
-        noisy = run_job(_cfg(champion, tmp, [
+        noisy = run_job(_cfg(mon, tmp, [
             f"monitor.log_dir={noisy_log}", *WINDOW, "monitor.email.smtp_host=127.0.0.1", f"monitor.email.smtp_port={port}",
             "monitor.email.to=[ops@example.com]", f"monitor.ui_url={UI_URL}"]))
     return {"tmp": tmp, "clean": clean, "noisy": noisy, "messages": inbox.messages}
@@ -421,10 +419,10 @@ def test_evidently_ui_plots_every_windows_scores_against_thresholds(drift_runs, 
     assert '"value": "drift detected", "label": "verdict"' in html
 
 
-def test_unreachable_mail_server_keeps_the_message_and_the_outbox_sends_it_later(champion, reference, noisy_log,
+def test_unreachable_mail_server_keeps_the_message_and_the_outbox_sends_it_later(mon, reference, noisy_log,
                                                                                    tmp_path):
     port = launch.free_port()  # nothing listens there
-    params = _params(_cfg(champion, tmp_path, [f"monitor.log_dir={noisy_log}", "monitor.workspace=null",
+    params = _params(_cfg(mon, tmp_path, [f"monitor.log_dir={noisy_log}", "monitor.workspace=null",
                                                "monitor.email.smtp_host=127.0.0.1", f"monitor.email.smtp_port={port}",
                                                "monitor.email.to=[ops@example.com]", "monitor.email.retries=2",
                                                "monitor.email.backoff_s=0.05", "monitor.email.timeout_s=2"]),
@@ -449,79 +447,3 @@ def test_unreachable_mail_server_keeps_the_message_and_the_outbox_sends_it_later
     assert rcpt == ["ops@example.com"] and b"DRIFT DETECTED" in raw
     assert not waiting.exists() and list((tmp_path / "outbox" / "sent").glob("*.eml"))
     assert "1 message(s) sent, none waiting" in r.stdout
-
-
-def test_oversized_report_is_linked_not_attached(tmp_path):
-    from monitor.emailer import compose
-
-    report = tmp_path / "report.html"
-    report.write_bytes(b"<html>" + b"x" * 2000 + b"</html>")
-    result = {"verdict": "drift detected", "model": {"name": "m", "version": "3"},
-              "window": {"since": "a", "until": "b"}, "records": {"used": 60, "in_window": 60, "reference": 100},
-              "signals": None}
-    msg = compose(result, "from@x", ["to@x"], report, attach_max_bytes=1000)
-    assert [a.get_filename() for a in msg.iter_attachments()] == ["drift.json"]
-    assert str(report.resolve()) in msg.get_body(("html",)).get_content()
-    assert "m v3" in msg["Subject"] and msg["To"] == "to@x"
-    small = compose(result, "from@x", [], report, attach_max_bytes=10_000)
-    assert [a.get_filename() for a in small.iter_attachments()] == ["drift.json", "report.html"]
-    assert small["To"] == "undisclosed-recipients:;"
-
-
-def test_corruptions_are_deterministic_and_keep_the_image_kind():
-    from PIL import Image
-
-    from monitor.corruptions import CORRUPTIONS, corrupt
-
-    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (8, 8), dtype=np.uint8))
-    for name in CORRUPTIONS:
-        for severity in (1, 5):
-            a, b = corrupt(img, name, severity, seed=3), corrupt(img, name, severity, seed=3)
-            assert a.size == img.size and a.mode == img.mode and np.array_equal(np.asarray(a), np.asarray(b)), name
-            if name != "none":
-                assert not np.array_equal(np.asarray(a), np.asarray(img)), name
-    assert not np.array_equal(np.asarray(corrupt(img, "gaussian_noise", 3, seed=1)),
-                              np.asarray(corrupt(img, "gaussian_noise", 3, seed=2)))
-
-
-def test_simulator_sends_corrupted_pngs_and_counts_statuses(digits_small, tmp_path):
-    from monitor import simulate
-
-    received: list[bytes] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(body)
-            ok = self.path == "/classify" and b'name="image"' in body and b"\x89PNG" in body
-            self.send_response(200 if ok else 400)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"{}")
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        code = simulate.main([f"url=http://127.0.0.1:{server.server_address[1]}", f"input={digits_small}", "n=12",
-                              "rate=200", "corruption=blur", "severity=2", "seed=0", "concurrency=3"])
-    finally:
-        server.shutdown()
-    assert code == 0 and len(received) == 12
-    assert simulate.main(["url=http://127.0.0.1:1", f"input={digits_small}", "corruption=fog"]) == 2
-
-
-def test_window_is_named_from_since_and_until():
-    from monitor.drift import MonitorError
-    from monitor.window import resolve_window
-
-    m = OmegaConf.create({"since": "2026-01-01T00:00:00Z", "until": "2026-01-02T00:00:00", "last": "24h"})
-    since, until, name = resolve_window(m)
-    assert name == "20260101T000000Z_20260102T000000Z" and until - since == timedelta(days=1)
-    now = datetime(2026, 3, 1, 12, 30, 45, tzinfo=UTC)
-    since, until, name = resolve_window(OmegaConf.create({"since": None, "until": None, "last": "90m"}), now=now)
-    assert (since, until) == (datetime(2026, 3, 1, 11, 0, tzinfo=UTC), datetime(2026, 3, 1, 12, 30, tzinfo=UTC))
-    with pytest.raises(MonitorError, match="not a period"):
-        resolve_window(OmegaConf.create({"since": None, "until": None, "last": "yesterday"}))

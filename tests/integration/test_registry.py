@@ -16,6 +16,7 @@ from helpers import build_version, run_cli
 
 pytestmark = pytest.mark.integration
 NAME = "visionops-digits"
+V3 = ["trainer.max_epochs=4", "model.net.width=16"]  # the better challenger: far above v1's two narrow epochs
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def registry(tmp_path_factory, digits_full):
     store = tmp_path_factory.mktemp("registry")
     v1 = build_version(store, store / "v1", digits_full, ["trainer.max_epochs=2"])
     v2 = build_version(store, store / "v2", digits_full, ["trainer.max_epochs=1", "trainer.limit_train_batches=1"])
-    v3 = build_version(store, store / "v3", digits_full, ["trainer.max_epochs=8", "model.net.width=16"])
+    v3 = build_version(store, store / "v3", digits_full, V3)
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
     return store, digits_full, client, (v1, v2, v3)
 
@@ -125,6 +126,7 @@ def test_corrupt_model_artifact_moves_nothing(registry, tmp_path):
     store, _data_root, client, _ = registry
     # A version whose ONNX file is garbage: its artifacts are corrupted in the store itself.
     mv = client.get_model_version(NAME, "1")
+    mlflow.set_tracking_uri(client.tracking_uri)  # MLflow resolves models:/ URIs in the process-wide registry
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{NAME}/1", dst_path=str(tmp_path / "dl"),
                                                      tracking_uri=client.tracking_uri))
     fmt = json.loads((local / "artifacts" / "bundle.json").read_text())["serving_format"]
@@ -168,7 +170,7 @@ def test_register_and_promote_leave_no_model_copies(registry, tmp_path, monkeypa
 
     store, data_root, _, _ = registry
     shutil.copy(store / "mlflow.db", tmp_path / "mlflow.db")
-    cfg = pipeline_cfg(store, store / "v3", data_root, ["trainer.max_epochs=8", "model.net.width=16"])
+    cfg = pipeline_cfg(store, store / "v3", data_root, V3)
     with open_dict(cfg):
         cfg.logger.tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         cfg.paths.reports = str(tmp_path / "reports")

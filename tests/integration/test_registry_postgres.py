@@ -66,7 +66,10 @@ def postgres():
 def mlflow_server(postgres, tmp_path_factory):
     artifacts = tmp_path_factory.mktemp("shared-artifacts")
     port = launch.free_port()
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # MLflow's job runner (GenAI evaluation jobs, trace archival: nothing the registry uses) stays off:
+    # it is a second process started beside the server that took ~12 s to stop.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     # A file, not a pipe (a full pipe would block the server), open for the server's whole life: closed below.
     log = open(artifacts.parent / "mlflow-server.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(

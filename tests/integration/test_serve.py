@@ -1,4 +1,5 @@
-"""The service for real: `bentoml serve` on 127.0.0.1 with a tiny registered model. Answers match
+"""The service for real: `bentoml serve` on 127.0.0.1 with the tests' shared champion (a small
+registered model, tests/conftest.py). Answers match
 in-process predictions, every hostile upload is a 4xx with a JSON message (never a 5xx, never a
 hang) and the server keeps serving, 100 concurrent requests are all answered right and leave
 exactly 100 prediction records, and the API key is enforced. The docs page and BentoML's own
@@ -19,7 +20,6 @@ import psutil
 import pytest
 from PIL import Image
 
-from helpers import build_version
 from serve import launch
 from serve.runtime import ModelRuntime
 from serve.settings import Settings
@@ -48,25 +48,29 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, digits_small):
-    store = tmp_path_factory.mktemp("serve")
-    build_version(store, store / "v1", digits_small, ["trainer.max_epochs=3", "model.net.width=16"])
-    return store
+def store(champion) -> str:
+    """The tracking URI of the shared champion's store (read only)."""
+    return champion.tracking_uri
 
 
 @pytest.fixture(scope="module")
-def server(store):
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "VISIONOPS_PREDICTION_LOG": str(store / "log"),
+def out(tmp_path_factory) -> Path:
+    """This module's servers' logs, prediction logs and BentoML homes."""
+    return tmp_path_factory.mktemp("serve")
+
+
+@pytest.fixture(scope="module")
+def server(store, out):
+    env = {"MLFLOW_TRACKING_URI": store, "VISIONOPS_PREDICTION_LOG": str(out / "log"),
            "VISIONOPS_MAX_BYTES": "200000", "VISIONOPS_MAX_PIXELS": "1000000", "VISIONOPS_KEEP_IMAGES": "0.5"}
-    s = Server(env, store / "server.log")
+    s = Server(env, out / "server.log")
     yield s
     s.stop()
 
 
 @pytest.fixture(scope="module")
 def in_process(store):
-    settings = Settings(tracking_uri=f"sqlite:///{store / 'mlflow.db'}", log_dir=None)
-    return ModelRuntime.load(settings)
+    return ModelRuntime.load(Settings(tracking_uri=store, log_dir=None))
 
 
 def _images(digits_small: Path, n: int) -> list[Path]:
@@ -178,9 +182,9 @@ def test_100_concurrent_requests_all_answered_and_logged(server, in_process, dig
     assert all(Path(p).exists() for p in kept)
 
 
-def test_api_key_is_enforced(store, digits_small):
-    s = Server({"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "VISIONOPS_API_KEY": "s3cret",
-                "VISIONOPS_PREDICTION_LOG": "", "VISIONOPS_METRICS_NEED_KEY": "1"}, store / "server-key.log")
+def test_api_key_is_enforced(store, out, digits_small):
+    s = Server({"MLFLOW_TRACKING_URI": store, "VISIONOPS_API_KEY": "s3cret",
+                "VISIONOPS_PREDICTION_LOG": "", "VISIONOPS_METRICS_NEED_KEY": "1"}, out / "server-key.log")
     try:
         img = min(digits_small.rglob("*.png")).read_bytes()
         assert httpx.post(s.url + "/classify", files={"image": ("a.png", img)}).status_code == 401
@@ -317,11 +321,11 @@ def test_unknown_paths_do_not_grow_metrics(server):
 # --- Limits, request ids and a full disk: a one-worker server with small limits --------------------------
 
 @pytest.fixture(scope="module")
-def strict(store):
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "VISIONOPS_PREDICTION_LOG": str(store / "strict-log"),
+def strict(store, out):
+    env = {"MLFLOW_TRACKING_URI": store, "VISIONOPS_PREDICTION_LOG": str(out / "strict-log"),
            "VISIONOPS_WORKERS": "1", "VISIONOPS_MAX_BYTES": "2000000", "VISIONOPS_BODY_TIMEOUT_S": "2",
            "VISIONOPS_KEEP_IMAGES": "1"}
-    s = Server(env, store / "strict.log")
+    s = Server(env, out / "strict.log")
     yield s
     s.stop()
 

@@ -1,4 +1,5 @@
-"""The server as processes, for real (`bentoml serve` on 127.0.0.1, a real SQLite MLflow store):
+"""The server as processes, for real (`bentoml serve` on 127.0.0.1, the tests' shared champion in its
+real SQLite MLflow store, tests/conftest.py):
 a burst of new connections is spread over both workers, start-up leaves no model copy behind, a
 store locked by another writer is waited for (and reported in one line when it stays locked),
 and stopping a server stops every worker, even one busy with a stalled upload, and frees the port.
@@ -17,17 +18,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import build_version
 from serve import launch
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, digits_small):
-    store = tmp_path_factory.mktemp("serve_process")
-    build_version(store, store / "v1", digits_small, ["trainer.max_epochs=1"])
-    return store
+def store(champion) -> Path:
+    """The folder of the shared champion's mlflow.db: locked by the tests below, never written."""
+    return champion.store
 
 
 def _env(store: Path, **extra: str) -> dict[str, str]:
@@ -41,10 +40,11 @@ def _copies(tmp: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def server(store, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("server_tmp")  # the server's TMPDIR: where its model copy goes
-    log_dir = store / "log"
+    root = tmp_path_factory.mktemp("serve_process")
+    tmp, log_dir = root / "tmp", root / "log"  # tmp: the server's TMPDIR, where its model copy goes
+    tmp.mkdir()
     port = launch.free_port()
-    proc = launch.bentoml_serve("serve.service:Classifier", port, store / "server.log",
+    proc = launch.bentoml_serve("serve.service:Classifier", port, root / "server.log",
                                 _env(store, VISIONOPS_WORKERS="2", VISIONOPS_PREDICTION_LOG=str(log_dir), TMPDIR=str(tmp)))
     yield {"proc": proc, "port": port, "log_dir": log_dir, "tmp": tmp}
     launch.stop(proc)

@@ -1,8 +1,8 @@
 """The model under test: `--model-uri` (default: the project's champion, from
 $VISIONOPS_MODEL_URI or params.yaml, in $MLFLOW_TRACKING_URI or the repository's mlflow.db: the
 rule of `visionops.project`). Where that store has no such model (a fresh clone before
-`make demo`), a small one is trained and registered in a temporary store by the real pipeline,
-and the tests say so in their output."""
+`make demo`), the session's shared champion (tests/conftest.py: a small model trained and registered
+in a temporary store by the real pipeline) is checked instead, and the tests say so in their output."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, build_version
+from helpers import REPO
 from visionops.manifest import read_manifest
 from visionops.model_store import LocalModel, ModelStoreError, fetch
 from visionops.project import model_uri, tracking_uri
 
 
 @pytest.fixture(scope="session")
-def model_under_test(request, tmp_path_factory, digits_full) -> tuple[LocalModel, Path]:
+def model_under_test(request) -> tuple[LocalModel, Path]:
     """(the fetched model, the prepared folder whose manifests it is checked on)."""
     given = request.config.getoption("--model-uri")
     uri, tracking = model_uri(given, start=REPO), tracking_uri(start=REPO)
@@ -31,10 +31,9 @@ def model_under_test(request, tmp_path_factory, digits_full) -> tuple[LocalModel
             return fetch(uri, tracking_uri=tracking), prepared
     except ModelStoreError:
         pass
-    store = tmp_path_factory.mktemp("model_suite")
-    warnings.warn(f"{uri} not found in {tracking}: checking a model trained now in {store}")
-    build_version(store, store / "v1", digits_full, ["trainer.max_epochs=10", "model.net.width=16"])
-    return fetch(uri, tracking_uri=f"sqlite:///{store / 'mlflow.db'}"), store / "prepared"
+    champion = request.getfixturevalue("shared_champion")  # trained now, once for the whole session
+    warnings.warn(f"{uri} not found in {tracking}: checking the tests' champion in {champion.store}")
+    return fetch(uri, tracking_uri=champion.tracking_uri), champion.store / "prepared"
 
 
 @pytest.fixture(scope="session")

@@ -56,16 +56,16 @@ class ObjectDetector(L.LightningModule):
         self.val_map = mean_average_precision()
         self._shown: tuple[torch.Tensor, list, list] | None = None
 
-    def _input(self, x: torch.Tensor) -> torch.Tensor:
+    def to_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """Detections per image: boxes [x1, y1, x2, y2] in input pixels, scores, labels."""
-        return self.net.predict(self._input(x))
+        return self.net.predict(self.to_input(x))
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         x, targets = batch
-        losses = self.net.loss(self._input(x), targets)
+        losses = self.net.loss(self.to_input(x), targets)
         n = x.shape[0]
         self.log("train/loss", losses["loss"], on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=n)
@@ -76,7 +76,7 @@ class ObjectDetector(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         x, targets = batch
-        x = self._input(x)
+        x = self.to_input(x)
         if getattr(self.net, "has_eval_loss", False):
             loss = self.net.loss(x, targets)["loss"]
             self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=x.shape[0])
