@@ -85,13 +85,6 @@ class Background:
             self.proc.wait()
 
 
-if __name__ == "__main__":  # python tests/helpers.py STORE WORK DATA [OVERRIDE ...]: build_version; its verdict as JSON
-    import json
-
-    store, work, data, *extra = sys.argv[1:]
-    print(json.dumps(build_version(Path(store), Path(work), Path(data), extra), default=str))
-
-
 # A detection project small enough to train in seconds: a narrow CenterNet at 128 px, a quick export.
 DETECTOR = [
     "task=detection", "data=coco", "data.name=digits_easy", "data.image_size=[128,128]", "data.batch_size=16",
@@ -146,3 +139,10 @@ def write_easy_detection(root: Path, n: int = 300, seed: int = 0, size: int = 12
     categories = [{"id": j + 1, "name": str(digit), "supercategory": "digit"} for j, digit in enumerate(digits)]
     (root / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
     return root
+
+
+if __name__ == "__main__":  # python tests/helpers.py STORE WORK DATA [OVERRIDE ...]: build_version; its verdict as JSON
+    import json
+
+    store, work, data, *extra = sys.argv[1:]
+    print(json.dumps(build_version(Path(store), Path(work), Path(data), extra), default=str))
