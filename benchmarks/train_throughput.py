@@ -1,11 +1,9 @@
 """Training throughput: Lightning's loop against a minimal hand-written PyTorch loop.
 
-Same model (the config's), same data (the prepared bundled dataset, augmentation on), same batch
-size, same process. Prints images/s for each and the ratio, plus the data loader alone. The task
-decides the model, data and loss (`task=detection`: the default CenterNet on the bundled COCO
-digits, its own loss in both loops).
+Same model (the config's), same data (the prepared digits, augmentation on), same batch size,
+same process. Prints images/s for each and the ratio, plus the data loader alone.
 
-    .venv/bin/python benchmarks/train_throughput.py [task=classification] [epochs=3] [model=...] [batch_size=...] [workdir=...]
+    .venv/bin/python benchmarks/train_throughput.py [epochs=3] [model=small_cnn] [batch_size=64] [workdir=...]
 """
 
 from __future__ import annotations
@@ -20,50 +18,43 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
-from train.tasks import get_task
+from train.datamodule import ManifestDataModule
+from train.module import ImageClassifier
+from train.prepare import prepare
 from visionops.cli import parse_key_values
 from visionops.config import compose
-from visionops.errors import VisionopsError
+from visionops.preprocess import PreprocessSpec
 
-USAGE = ("usage: benchmarks/train_throughput.py [task=classification] [epochs=3] [model=small_cnn|centernet] "
-         "[batch_size=64|32] [workdir=outputs/bench_train]")
-DEFAULTS = {"task": "classification", "epochs": "3", "model": None, "batch_size": None, "workdir": None}
-TASK_DEFAULTS = {"classification": {"model": "small_cnn", "batch_size": "64", "workdir": "outputs/bench_train"},
-                 "detection": {"model": "centernet", "batch_size": "32", "workdir": "outputs/bench_train_det"}}
+USAGE = "usage: benchmarks/train_throughput.py [epochs=3] [model=small_cnn] [batch_size=64] [workdir=outputs/bench_train]"
+DEFAULTS = {"epochs": "3", "model": "small_cnn", "batch_size": "64", "workdir": "outputs/bench_train"}
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         args = parse_key_values(sys.argv[1:] if argv is None else argv, DEFAULTS, USAGE)
         epochs = int(args["epochs"])
-        task = get_task(str(args["task"]))
-    except (ValueError, VisionopsError) as exc:
+    except ValueError as exc:
         sys.exit(f"error: {exc}")
-    for key, value in TASK_DEFAULTS[task.name].items():
-        args[key] = args[key] if args[key] is not None else value
     tmp = Path(str(args["workdir"]))
     cfg = compose([
-        f"task={task.name}", "trainer=cpu", f"model={args['model']}", f"data.batch_size={args['batch_size']}",
+        "trainer=cpu", f"model={args['model']}", f"data.batch_size={args['batch_size']}",
         f"paths.prepared={tmp / 'prepared'}", f"paths.reports={tmp / 'reports'}",
     ])
     if not (tmp / "prepared" / "labels.json").exists():
-        task.prepare(cfg)
+        prepare(cfg)
     torch.set_num_threads(os.cpu_count() or 1)
-    channels_last = bool(cfg.trainer.channels_last is True)  # detection's conf/task sets it; "auto" is off on CPU
 
     def make():
         L.seed_everything(0, verbose=False)
-        dm = task.datamodule(cfg)
+        dm = ManifestDataModule.from_config(cfg)
         dm.setup("fit")
-        return dm, task.module(cfg, dm, channels_last=channels_last)
-
-    def loss_of(model, batch) -> torch.Tensor:
-        """The training loss, as the task's LightningModule computes it, without Lightning."""
-        x, y = batch
-        if task.name == "detection":
-            return model.net.loss(model.to_input(x), y)["loss"]
-        return F.cross_entropy(model(x), y)
+        spec = PreprocessSpec.from_data_config(cfg.data)
+        model = ImageClassifier(OmegaConf.to_container(cfg.model.net, resolve=True), dm.num_classes, spec.channels,
+                                dm.labels, spec.to_dict(), optimizer=instantiate(cfg.model.optimizer))
+        return dm, model
 
     dm, _ = make()
     n_train = len(dm.datasets["train"])
@@ -81,14 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     # 2. minimal hand-written loop
     dm, model = make()
     opt = model.configure_optimizers()
-    opt = opt["optimizer"] if isinstance(opt, dict) else opt
     loader = dm.train_dataloader()
     model.train()
 
     def epoch() -> None:
-        for batch in loader:
+        for x, y in loader:
             opt.zero_grad(set_to_none=True)
-            loss = loss_of(model, batch)
+            loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
 

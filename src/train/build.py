@@ -6,7 +6,7 @@ register, without DVC. The tests and the benchmarks get their models this way.
 `store` holds what versions share (the MLflow SQLite store, the prepared split); `work` holds one
 model's checkpoints, exports and reports. The defaults keep it quick: the CPU trainer, no progress
 bar or system metrics, a short latency measurement and a narrow small CNN (torchvision backbones
-and detectors have no width); `extra` overrides any of them (`task=detection` builds a detector).
+have no width); `extra` overrides any of them.
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ def pipeline_cfg(store: Path, work: Path, data_root: Path, extra: list[str] | No
         f"paths.models={work / 'models'}", f"paths.reports={work / 'reports'}",
         f"logger.tracking_uri=sqlite:///{store / 'mlflow.db'}", "logger.log_system_metrics=false",
         "trainer.enable_progress_bar=false", "export.latency.runs=50",
-        # a narrow small CNN unless another model (or task, whose model has no width) is chosen
-        *([] if any(e.startswith(("model=", "task=")) for e in (extra or [])) else ["model.net.width=8"]),
+        *([] if any(e.startswith("model=") for e in (extra or [])) else ["model.net.width=8"]),
         *(extra or []),
     ])
 
@@ -37,12 +36,12 @@ def build_version(store: Path, work: Path, data_root: Path, extra: list[str] | N
     from train.evaluate import evaluate
     from train.export import export
     from train.fit import train
+    from train.prepare import prepare
     from train.register import register
-    from train.tasks import task_of
 
     cfg = pipeline_cfg(store, work, data_root, extra)
     if not (store / "prepared" / "labels.json").exists():
-        task_of(cfg).prepare(cfg)
+        prepare(cfg)
     train(cfg)
     evaluate(cfg)
     export(cfg)

@@ -43,22 +43,10 @@ def client_for(cfg: DictConfig):
 
 
 def model_card(verdict: dict[str, Any], local: LocalModel) -> str:
-    """The version's description, written by its task (`train.tasks`)."""
-    from train.tasks import get_task
-
-    return get_task(local.bundle.task).model_card(verdict, local)
-
-
-def gate_rows(verdict: dict[str, Any]) -> str:
-    """The gates' table rows of a model card: gate, result, its numbers."""
-    return "\n".join(f"| {k} | {'pass' if v['passed'] else 'FAIL'} | "
+    b, m = local.bundle, local.bundle.metrics
+    rows = "\n".join(f"| {k} | {'pass' if v['passed'] else 'FAIL'} | "
                      + ", ".join(f"{kk}={vv:.4g}" if isinstance(vv, float) else f"{kk}={vv}" for kk, vv in v.items() if kk != "passed")
                      + " |" for k, v in verdict["gates"].items())
-
-
-def classification_card(verdict: dict[str, Any], local: LocalModel) -> str:
-    b, m = local.bundle, local.bundle.metrics
-    rows = gate_rows(verdict)
     champ = verdict.get("champion")
     return f"""# {local.name} version {local.version}
 
@@ -177,10 +165,9 @@ def decide(cfg: DictConfig, client: Any, version: str, force: bool = False, reas
         except VisionopsError:
             if not force:
                 raise
-            metric = str(cfg.registry.gate.primary_metric)
-            verdict = {"model": name, "challenger": {"version": challenger.version, metric: float("nan")},
-                       "champion": {"version": champion.version, metric: float("nan")} if champion else None,
-                       "primary_metric": metric, "gates": {"comparable": {"passed": False}}, "passed": False}
+            verdict = {"model": name, "challenger": {"version": challenger.version, "accuracy": float("nan")},
+                       "champion": {"version": champion.version, "accuracy": float("nan")} if champion else None,
+                       "gates": {"comparable": {"passed": False}}, "passed": False}
         verdict = decide_and_move_aliases(cfg, client, challenger, verdict, force=force, reason=reason)
         run_id = client.get_model_version(name, challenger.version).tags.get("run_id")
         return verdict, record_verdict(cfg, client, challenger, verdict, run_id)

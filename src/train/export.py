@@ -1,9 +1,5 @@
 """The `export` stage: ONNX (fp32 and int8) with parity and speed measured on the test split.
 
-The task decides what is exported (`train.tasks`; detection's: train.tasks.detection.export);
-this module holds classification's and what every task shares (int8 quantisation and its
-decision, latency). Classification:
-
 Writes models/export/{model.onnx, model.int8.onnx, bundle.json, parity.json} and
 reports/export/{parity.json (headline DVC metrics), report.json (every format's accuracy and speed)}.
 Parity: maximum absolute logit difference and top-1 agreement of ONNX fp32 against eager PyTorch
@@ -64,19 +60,13 @@ def export_onnx(net: torch.nn.Module, spec: PreprocessSpec, path: Path, opset: i
     return path
 
 
-def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray | list[dict[str, np.ndarray]], **options: Any) -> Path:
-    """Static QDQ int8 calibrated on `calibration`: an array for the graph's `input`, or the feeds
-    themselves (graphs with several inputs). `options` go to onnxruntime's quantize_static (e.g.
-    op_types_to_quantize)."""
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    feeds = (calibration if isinstance(calibration, list)
-             else [{"input": calibration[i : i + 32]} for i in range(0, len(calibration), 32)])
-
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(feeds)
+            self.batches = iter([{"input": calibration[i : i + 32]} for i in range(0, len(calibration), 32)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
@@ -84,7 +74,7 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray | list[dict[str
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre))
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **options)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     pre.unlink(missing_ok=True)
     return out
 
@@ -107,25 +97,22 @@ def latency(fn, x1: np.ndarray, xb: np.ndarray, cfg: Any) -> dict[str, float]:
             f"images_per_s_batch{len(xb)}": float(len(xb) / per_batch)}
 
 
-def decide_int8(formats: dict[str, dict[str, float]], batch: int, limits: Any, agreement: float,
-                metric: str = "accuracy", max_drop: float | None = None,
-                agreement_name: str = "top1_agreement_with_fp32") -> dict[str, Any]:
-    """Serve int8 only when it loses at most `max_drop` (default `limits.max_accuracy_drop`) of
-    `metric` against fp32 and is at least `limits.min_speedup` times as fast at batch `batch`: the
-    decision, its numbers (with int8's `agreement` with fp32, e.g. top-1) and why."""
+def decide_int8(formats: dict[str, dict[str, float]], batch: int, limits: Any, agreement: float) -> dict[str, Any]:
+    """Serve int8 only when it loses at most `limits.max_accuracy_drop` accuracy against fp32 and
+    is at least `limits.min_speedup` times as fast at batch `batch`: the decision, its numbers (with
+    int8's top-1 `agreement` with fp32) and why."""
     fp32, int8 = formats["onnx_fp32"], formats["onnx_int8"]
     key = f"images_per_s_batch{batch}"
-    limit = float(limits.max_accuracy_drop if max_drop is None else max_drop)
-    drop = fp32[metric] - int8[metric]
+    drop = fp32["accuracy"] - int8["accuracy"]
     speedup = int8[key] / fp32[key]
-    use = drop <= limit and speedup >= float(limits.min_speedup)
+    use = drop <= float(limits.max_accuracy_drop) and speedup >= float(limits.min_speedup)
     return {
-        f"{metric}_drop": float(drop), "speedup_batch": float(speedup),
+        "accuracy_drop": float(drop), "speedup_batch": float(speedup),
         "speedup_p50_batch1": fp32["p50_ms_batch1"] / int8["p50_ms_batch1"],
-        agreement_name: float(agreement),
+        "top1_agreement_with_fp32": float(agreement),
         "used_for_serving": bool(use),
         "why": ("within tolerance and faster" if use else
-                f"{metric} drop {drop:.4f} (max {limit}) or speed-up {speedup:.2f}x "
+                f"accuracy drop {drop:.4f} (max {limits.max_accuracy_drop}) or speed-up {speedup:.2f}x "
                 f"(min {limits.min_speedup}) outside the limits"),
     }
 
@@ -136,13 +123,6 @@ def export_headline(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
-    """The export stage of the configured task (`train.tasks`): classification's is below."""
-    from train.tasks import task_of
-
-    return task_of(cfg).export(cfg)
-
-
-def export_classifier(cfg: DictConfig) -> dict[str, Any]:
     ckpt = Path(cfg.paths.models) / "checkpoints" / "best.ckpt"
     if not ckpt.exists():
         raise VisionopsError(f"checkpoint {ckpt} not found: train first (`dvc repro train`)")

@@ -1,8 +1,7 @@
-"""`train(cfg)`: fit the task's model on the prepared splits with Lightning, tracked in MLflow.
+"""`train(cfg)`: fit a classifier on the prepared manifests with Lightning, tracked in MLflow.
 
 Returns (metrics, objects) and never exits: the train stage's CLI (train/__main__.py) wraps it,
-tests call it. The task (`task.name`: classification, detection) supplies the datamodule, the
-LightningModule and the metrics of the learning curves (`train.tasks`); the rest is shared. Checkpoints carry their MLflow run id, so a resume continues the same run.
+tests call it. Checkpoints carry their MLflow run id, so a resume continues the same run.
 Training writes what training produces: the checkpoints, the learning curves and the run's
 training metrics. Judging the best checkpoint (calibration, confusion matrices on the validation
 and test splits) is the evaluate stage's (`train.evaluate`), which logs into the same run.
@@ -20,14 +19,17 @@ from typing import Any
 
 import lightning.pytorch as L
 import numpy as np
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from train import runs, tracking
-from train.tasks import Task, task_of
+from train.datamodule import ManifestDataModule
+from train.module import ImageClassifier
 from train.trainer_setup import resolve_trainer_config, root_logging_only
 from visionops.manifest import data_version
+from visionops.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +61,12 @@ class EpochMLFlowLogger(MLFlowLogger):
         """The full config is logged once, flattened, by train(); Lightning's copy would clash."""
 
 
-def best_key(monitor: str) -> str:
-    """The result key of the best monitored value: val/acc -> best_val_acc, val/map_50 -> best_val_map_50."""
-    return "best_" + monitor.replace("/", "_")
-
-
-def _write_history(run_id: str, out_csv: Path, keys: tuple[str, ...]) -> None:
+def _write_history(run_id: str, out_csv: Path) -> None:
     """Per-epoch metrics from MLflow as a CSV that `dvc plots` draws as learning curves."""
     import mlflow
 
     client = mlflow.MlflowClient()
+    keys = ["train/loss", "val/loss", "train/acc", "val/acc"]
     by_step: dict[int, dict[str, float]] = {}
     for k in keys:
         for m in client.get_metric_history(run_id, k):
@@ -118,10 +116,9 @@ def _start_run(cfg: DictConfig, resuming: bool) -> Any:
 
 def _summary(cfg: DictConfig, result: dict[str, Any], reports: Path, uri: str, exp_id: str) -> str:
     """The line that ends every training: what was trained, how well, where everything went."""
-    monitor = str(cfg.callbacks.checkpoint.monitor)
-    best = result.get(best_key(monitor))
-    score = f"best {monitor} {best:.4f}" if best is not None else (
-        f"{monitor} {result[monitor]:.4f}" if monitor in result else "no validation score")
+    best = result.get("best_val_acc")
+    score = f"best val/acc {best:.4f}" if best is not None else (
+        f"val/acc {result['val/acc']:.4f}" if "val/acc" in result else "no validation score")
     model = result["best_checkpoint"] or "none saved (no checkpoint in this mode)"
     kind = str(cfg.get("run_kind") or "adhoc")
     where = "" if kind == "pipeline" else f" ({kind} run, outputs in {cfg.get('run_dir') or Path(cfg.paths.models).parent}/)"
@@ -139,13 +136,24 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     trainer_kw, channels_last = resolve_trainer_config(cfg.trainer)
 
-    task: Task = task_of(cfg)
     if not (Path(cfg.paths.prepared) / "labels.json").exists():
+        from train.prepare import prepare
+
         log.info("no manifests in %s: running the prepare stage first", cfg.paths.prepared)
-        task.prepare(cfg)
-    dm = task.datamodule(cfg, pin_memory=trainer_kw.get("accelerator") in ("gpu", "cuda"))
+        prepare(cfg)
+    dm = ManifestDataModule.from_config(cfg, pin_memory=trainer_kw.get("accelerator") in ("gpu", "cuda"))
     dm.setup("fit")
-    model = task.module(cfg, dm, channels_last=channels_last)
+    spec = PreprocessSpec.from_data_config(cfg.data)
+    model = ImageClassifier(
+        net_cfg=OmegaConf.to_container(cfg.model.net, resolve=True),
+        num_classes=dm.num_classes,
+        in_channels=spec.channels,
+        labels=dm.labels,
+        preprocess=spec.to_dict(),
+        optimizer=instantiate(cfg.model.optimizer),
+        scheduler=instantiate(cfg.model.scheduler) if cfg.model.get("scheduler") else None,
+        channels_last=channels_last,
+    )
 
     models_dir = Path(cfg.paths.models)
     ckpt_dir = models_dir / "checkpoints"
@@ -185,9 +193,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         best_path = checkpoint.best_model_path or ""
         result: dict[str, Any] = {
             "epochs": int(trainer.current_epoch),
-            best_key(str(cfg.callbacks.checkpoint.monitor)):
-                float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
-            **{k: metrics[k] for k in task.last_epoch if k in metrics},
+            "best_val_acc": float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None,
+            **{k: metrics[k] for k in ("train/loss", "val/loss", "val/acc", "val/f1_macro") if k in metrics},
             "run_id": run_id,
             "data_version": data_ver,
             "seconds": round(time.time() - t0, 1),
@@ -201,7 +208,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         (reports / "run.json").write_text(json.dumps(
             {"run_id": run_id, "tracking_uri": uri, "experiment": cfg.logger.experiment_name,
              "best_checkpoint": best_path, "data_version": data_ver}, indent=2) + "\n")
-        _write_history(run_id, reports / "history.csv", task.history)
+        _write_history(run_id, reports / "history.csv")
         mlflow.log_artifact(str(reports / "history.csv"))
         exp_id = mlflow.get_run(run_id).info.experiment_id
         print(_summary(cfg, result, reports, uri, exp_id), flush=True)

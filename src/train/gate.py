@@ -1,17 +1,14 @@
 """The champion/challenger gate: a registry version against the current champion.
 
-Both are evaluated in their serving format on the same pinned test split (the task's metric,
-registry.gate.primary_metric: classification's accuracy, detection's mAP; with a paired-bootstrap
-interval of the difference over images), with the export's parity and the latency budget. The
-task (the version's bundle says which, `train.tasks`) runs a version and computes its metric; the
-rest is shared. A challenger whose classes differ from the champion's is not comparable:
-`check_labels` refuses it before registration, with the fix in one line.
+Both are evaluated in their serving format on the same pinned test manifest (accuracy, with a
+paired-bootstrap interval of the difference), with the export's parity and the latency budget.
+A challenger whose classes differ from the champion's is not comparable: `check_labels` refuses it
+before registration, with the fix in one line.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,26 +54,17 @@ def evaluate_version(local: LocalModel, prepared: Path, inputs: dict[str, np.nda
     return Evaluation(local.version, correct, float(correct.mean()))
 
 
-def mean_of_resamples(per_image: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """A per-image 0/1 (or any per-image number) averaged over each resample: accuracy."""
-    return per_image.astype(np.float64)[idx].mean(1)
-
-
-def paired_bootstrap(new: Any, old: Any, samples: int, confidence: float, seed: int,
-                     score: Callable[[Any, np.ndarray], np.ndarray] = mean_of_resamples,
-                     images: int | None = None) -> dict[str, float]:
-    """Confidence interval of metric(new) - metric(old), resampling the test images (paired: the
-    same draws for both). `score(per_image, idx)` computes the metric on each resample (rows of
-    image indices); the default, the mean, is accuracy for per-image correctness."""
+def paired_bootstrap(new: np.ndarray, old: np.ndarray, samples: int, confidence: float, seed: int) -> dict[str, float]:
+    """Confidence interval of accuracy(new) - accuracy(old), resampling images (paired)."""
     rng = np.random.default_rng(seed)
-    n = len(new) if images is None else images
+    n = len(new)
     diffs = np.empty(samples)
+    a, b = new.astype(np.float64), old.astype(np.float64)
     for start in range(0, samples, 500):
         idx = rng.integers(0, n, size=(min(500, samples - start), n))
-        diffs[start : start + len(idx)] = score(new, idx) - score(old, idx)
-    every = np.arange(n)[None, :]
+        diffs[start : start + len(idx)] = a[idx].mean(1) - b[idx].mean(1)
     alpha = (1 - confidence) / 2
-    return {"diff": float(score(new, every)[0] - score(old, every)[0]), "ci_low": float(np.quantile(diffs, alpha)),
+    return {"diff": float(a.mean() - b.mean()), "ci_low": float(np.quantile(diffs, alpha)),
             "ci_high": float(np.quantile(diffs, 1 - alpha)), "confidence": confidence, "samples": samples}
 
 
@@ -109,47 +97,34 @@ def check_labels(cfg: DictConfig, champion: LocalModel | None, labels: list[str]
 
 def gate(cfg: DictConfig, challenger: LocalModel, champion: LocalModel | None) -> dict[str, Any]:
     """Every gate's verdict for a challenger against the current champion (None: first version)."""
-    from train.tasks import get_task
-
     g = cfg.registry.gate
-    metric = str(g.primary_metric)
-    task = get_task(challenger.bundle.task)
     prepared = Path(cfg.paths.prepared)
-    cache: dict[str, Any] = {}
-    new = task.gate_evaluate(challenger, prepared, metric, cache)
+    inputs: dict[str, np.ndarray] = {}
+    new = evaluate_version(challenger, prepared, inputs)
     checks: dict[str, dict[str, Any]] = {}
     parity = challenger.parity.get("parity", {})
     checks["parity"] = {"passed": bool(parity.get("passed", False)) or not g.require_parity,
-                        **task.parity_summary(parity), "required": g.require_parity}
+                        "top1_agreement": parity.get("top1_agreement"), "required": g.require_parity}
     fmt = challenger.bundle.serving_format
     p50 = challenger.parity.get("formats", {}).get(fmt, {}).get("p50_ms_batch1")
     checks["latency"] = {"passed": p50 is not None and p50 <= float(g.latency_budget_ms), "p50_ms_batch1": p50,
                          "budget_ms": float(g.latency_budget_ms), "format": fmt}
     verdict: dict[str, Any] = {
-        "model": challenger.name, "challenger": {"version": challenger.version, metric: new.score},
-        "champion": None, "primary_metric": metric, "tolerance": float(g.tolerance), "test_images": new.images,
+        "model": challenger.name, "challenger": {"version": challenger.version, "accuracy": new.accuracy},
+        "champion": None, "primary_metric": g.primary_metric, "tolerance": float(g.tolerance), "test_images": len(new.correct),
     }
-    old = None
     if champion is None:
         checks["metric"] = {"passed": True, "reason": "no champion yet: the first version becomes champion"}
-    elif champion.bundle.task != challenger.bundle.task:
-        verdict["champion"] = {"version": champion.version, metric: float("nan")}
-        checks["comparable"] = {"passed": False, "differs": "task", "reason": (
-            f"the champion (version {champion.version}) is a {champion.bundle.task} model, this one a "
-            f"{challenger.bundle.task} model: register it under its own name (registry.model_name=<name>)")}
     elif list(champion.bundle.labels) != list(challenger.bundle.labels):
-        # Metrics on different label sets do not compare: only a forced promotion moves champion.
-        verdict["champion"] = {"version": champion.version, metric: float("nan")}
+        # Accuracies on different label sets do not compare: only a forced promotion moves champion.
+        verdict["champion"] = {"version": champion.version, "accuracy": float("nan")}
         checks["comparable"] = {"passed": False, "reason": label_change(
             challenger.name, champion.version, list(champion.bundle.labels), list(challenger.bundle.labels))}
     else:
-        old = task.gate_evaluate(champion, prepared, metric, cache)
-        ci = paired_bootstrap(new.per_image, old.per_image, int(g.bootstrap_samples), float(g.confidence), int(g.seed),
-                              score=task.resampled, images=new.images)
-        verdict["champion"] = {"version": champion.version, metric: old.score}
+        old = evaluate_version(champion, prepared, inputs)
+        ci = paired_bootstrap(new.correct, old.correct, int(g.bootstrap_samples), float(g.confidence), int(g.seed))
+        verdict["champion"] = {"version": champion.version, "accuracy": old.accuracy}
         checks["metric"] = {"passed": ci["ci_low"] >= -float(g.tolerance), **ci}
-    if new.details:
-        verdict["details"] = {"challenger": new.details, **({"champion": old.details} if old is not None else {})}
     verdict["gates"] = checks
     verdict["passed"] = all(c["passed"] for c in checks.values())
     return verdict

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from visionops.manifest import Record, read_manifest
+from visionops.manifest import Record
 from visionops.preprocess import PreprocessSpec, load_batch
 
 
@@ -101,14 +101,3 @@ def evaluate_model(model: torch.nn.Module, inputs: np.ndarray, y: np.ndarray, la
                    f"(acc {m[f'{split}/acc']:.3f})")
     return m, probs
 
-
-def evaluate_split(model: torch.nn.Module, prepared: Path, split: str, labels: list[str],
-                   png: Path) -> tuple[dict[str, Any], np.ndarray, list[Record], np.ndarray]:
-    """The model on one split of the prepared manifests, through the preprocessing serving runs:
-    (metrics, probabilities, records, true class indices); the confusion plot goes to `png`."""
-    spec = PreprocessSpec.from_dict(model.hparams["preprocess"])
-    records = read_manifest(prepared / f"{split}.csv")
-    idx = {label: i for i, label in enumerate(labels)}
-    y = np.asarray([idx[r.label] for r in records])
-    m, probs = evaluate_model(model, load_inputs(records, spec), y, labels, split, png)
-    return m, probs, records, y

@@ -57,7 +57,7 @@ def small_cnn(in_channels: int, num_classes: int, width: int = 32, dropout: floa
     return Classifier(features, width * 4, num_classes, dropout)
 
 
-def load_pretrained(arch: str, weights: str | None):
+def _load_weights(arch: str, weights: str | None):
     """Resolve a torchvision weights enum and fetch its state dict, failing clearly offline."""
     if weights is None:
         return None
@@ -87,7 +87,7 @@ def torchvision_backbone(
 ) -> Classifier:
     from torchvision import models as tvm
 
-    state = load_pretrained(arch, weights)
+    state = _load_weights(arch, weights)
     net = tvm.get_model(arch, weights=None)
     if state is not None:
         net.load_state_dict(state)

@@ -4,8 +4,6 @@ Checks every image decodes (corrupt files are named), class counts against a min
 duplicates by content hash, and that no image lands in two splits. Writes
 data/prepared/{train,val,test}.csv (path, label, sha256) + labels.json, and dataset statistics
 under reports/prepare/ (stats.json: the headline DVC metrics; dataset.json: the detail).
-`python -m train.prepare` runs the configured task's step (`task=detection`: COCO data, see
-train.tasks.detection.prepare); this module is classification's.
 """
 
 from __future__ import annotations
@@ -218,17 +216,10 @@ def prepare(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def prepare_task(cfg: DictConfig) -> dict[str, Any]:
-    """The prepare stage of the configured task (`task=detection` validates and splits COCO data)."""
-    from train.tasks import task_of
-
-    return task_of(cfg).prepare(cfg)
-
-
 def main() -> None:
     from visionops.config import run_task
 
-    run_task(prepare_task, task_name="prepare")
+    run_task(prepare, task_name="prepare")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,8 @@
 """The `register` stage: log the exported model to MLflow, create a registry version, gate it.
 
 The version is an MLflow pyfunc (ONNX Runtime inside: `mlflow models serve` and our BentoML
-service load it without Lightning) carrying its bundle (task, labels, preprocessing, embedding,
-data version, test metrics), its ONNX files and the parity report; its name follows the data
-(registry.model_name, visionops-<data.name>: a detection project's is its own); it is tagged with the git
+service load it without Lightning) carrying its bundle (labels, preprocessing, embedding,
+data version, test metrics), its ONNX files and the parity report; it is tagged with the git
 commit, data version, run id and config hash. Then the champion/challenger gate decides its alias.
 """
 
@@ -18,10 +17,11 @@ from omegaconf import DictConfig
 
 from train.decision import client_for, current_champion, decide
 from train.gate import check_labels
-from train.tasks import get_task
 from train.tracking import config_hash
 from visionops.bundle import ModelBundle
 from visionops.errors import VisionopsError
+from visionops.manifest import read_manifest
+from visionops.preprocess import load_batch
 
 
 def log_and_register(cfg: DictConfig, client: Any) -> tuple[str, str]:
@@ -30,6 +30,7 @@ def log_and_register(cfg: DictConfig, client: Any) -> tuple[str, str]:
     from mlflow.models import infer_signature
 
     import visionops
+    from visionops.onnx_runtime import OnnxModel
     from visionops.pyfunc import VisionopsOnnxModel
 
     run_file = Path(cfg.paths.reports) / "train" / "run.json"
@@ -39,8 +40,10 @@ def log_and_register(cfg: DictConfig, client: Any) -> tuple[str, str]:
             raise VisionopsError(f"{needed} not found: run the train and export stages first (`dvc repro export`)")
     run_id = json.loads(run_file.read_text())["run_id"]
     bundle = ModelBundle.load(export_dir)
-    example, output = get_task(bundle.task).pyfunc_example(cfg, export_dir)
-    params = {"score_threshold": float(bundle.task_spec["score_threshold"])} if "score_threshold" in bundle.task_spec else None
+    spec = bundle.preprocess
+    test = read_manifest(Path(cfg.paths.prepared) / "test.csv")[:2]
+    example = load_batch([r.path for r in test], spec)  # batch of 2: the batch axis stays dynamic
+    probs = OnnxModel(export_dir / "model.onnx").predict_proba(example)
     artifacts = {"bundle": str(export_dir / "bundle.json"), "parity": str(export_dir / "parity.json"),
                  "onnx_fp32": str(export_dir / "model.onnx")}
     if bundle.files.get("onnx_int8"):
@@ -53,7 +56,7 @@ def log_and_register(cfg: DictConfig, client: Any) -> tuple[str, str]:
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name="model", python_model=VisionopsOnnxModel(), artifacts=artifacts,
-            signature=infer_signature(example, output, params=params), input_example=example, pip_requirements=reqs,
+            signature=infer_signature(example, probs), input_example=example, pip_requirements=reqs,
             code_paths=[str(Path(visionops.__file__).parent)],
         )
     tags = {"git_commit": bundle.git_commit, "data_version": bundle.data_version, "run_id": run_id,
@@ -72,16 +75,14 @@ def register(cfg: DictConfig) -> dict[str, Any]:
     version, _run_id = log_and_register(cfg, client)
     verdict, path = decide(cfg, client, version, champion=champion)
     g = verdict["gates"].get("metric", {})
-    metric = verdict.get("primary_metric", "accuracy")
     if not verdict["champion"]:
         versus = "first version"
     elif "ci_low" in g:
-        versus = (f"vs champion v{verdict['champion']['version']} {verdict['champion'][metric]:.4f}, "
+        versus = (f"vs champion v{verdict['champion']['version']} {verdict['champion']['accuracy']:.4f}, "
                   f"diff CI [{g['ci_low']:+.4f}, {g['ci_high']:+.4f}]")
     else:
-        what = "task differs" if verdict["gates"]["comparable"].get("differs") == "task" else "classes differ"
-        versus = f"not comparable with champion v{verdict['champion']['version']}: its {what}"
-    print(f"Registered {name} version {version} ({metric} {verdict['challenger'][metric]:.4f}, {versus}): "
+        versus = f"not comparable with champion v{verdict['champion']['version']}: its classes differ"
+    print(f"Registered {name} version {version} (accuracy {verdict['challenger']['accuracy']:.4f}, {versus}): "
           f"{verdict['decision']}. Champion is now version {verdict['champion_after']}. Verdict: {path}  "
           f"Load it: models:/{name}@{cfg.registry.champion_alias} ({uri})")
     return verdict

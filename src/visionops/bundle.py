@@ -1,14 +1,4 @@
-"""The model bundle contract: what travels with a model so anything can run it correctly.
-
-`task` says what the model does and how its ONNX outputs are read. classification: the graph
-takes `input` (float32 NCHW after `preprocess`) and returns `logits` and `embedding`.
-detection: `task_spec` describes the graph (see visionops.detection): inputs `images` (float32
-NCHW after `preprocess`) and `orig_size` (float32 (N, 2): each image's [height, width] as decoded),
-outputs `boxes` (N, K, 4) [x1, y1, x2, y2] in those original pixels, `scores` (N, K) best first,
-`labels` (N, K) int64 indices into `labels` (and `embedding` where `embedding_dim` > 0); rows whose
-score is below `task_spec["score_threshold"]` (the default, a caller may choose another) are not
-detections; `task_spec["batch"]` is null for any batch size or the one batch size the graph takes.
-"""
+"""The model bundle contract: what travels with a model so anything can run it correctly."""
 
 from __future__ import annotations
 
@@ -36,8 +26,6 @@ class ModelBundle:
     metrics: dict[str, float] = field(default_factory=dict)
     serving_format: str = "onnx_fp32"                       # which file of `files` serving runs
     files: dict[str, str | None] = field(default_factory=dict)  # format -> file name beside bundle.json
-    task: str = "classification"                             # bundles from before tasks are classification
-    task_spec: dict[str, Any] = field(default_factory=dict)  # what serving needs to run the task (module docstring)
 
     @property
     def num_classes(self) -> int:

@@ -56,10 +56,9 @@ def read_labels(prepared_dir: Path) -> list[str]:
 
 
 def data_version(prepared_dir: Path) -> str:
-    """A short hash of the manifests and label list: the version of the data a model saw.
-    Classification's manifests are `<split>.csv`, detection's `<split>.json` (COCO files)."""
+    """A short hash of the manifests and label list: the version of the data a model saw."""
     h = hashlib.sha256()
-    for name in [*(f"{s}.csv" for s in SPLITS), *(f"{s}.json" for s in SPLITS), "labels.json"]:
+    for name in [*(f"{s}.csv" for s in SPLITS), "labels.json"]:
         p = Path(prepared_dir) / name
         if p.exists():
             h.update(name.encode())

@@ -66,16 +66,10 @@ class LocalModel:
         return self.directory / "artifacts" / rel
 
     def load(self, fmt: str | None = None, threads: int | None = None):
-        """The version's ONNX model in ONNX Runtime: an OnnxModel (classification) or an
-        OnnxDetector (detection: visionops.detection)."""
         from visionops.onnx_runtime import OnnxModel
 
         path = self.onnx_path(fmt)
         try:
-            if self.bundle.task == "detection":
-                from visionops.detection import OnnxDetector
-
-                return OnnxDetector(path, self.bundle.task_spec, threads=threads)
             return OnnxModel(path, threads=threads)
         except (ValueError, FileNotFoundError) as exc:
             raise ModelStoreError(f"model artifact of {self.uri} is corrupt: {exc}. Re-register the model "

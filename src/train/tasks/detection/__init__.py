@@ -11,13 +11,4 @@ Data layer (issue 11):
 - `augment`: albumentations presets whose boxes follow every geometric transform.
 - `dataset`: the torch Dataset over one split and its collate function.
 - `baseline`: a non-learned detector (thresholding + connected components) and its test mAP.
-
-Model, training and evaluation (issue 11):
-- `task`: detection's steps for the shared stages (`train.tasks.base.Task`).
-- `centernet`: the default detector, a compact CenterNet-style net (heatmap peaks + box regression).
-- `models`: detectors by name (`centernet` and torchvision's) behind one interface: loss, predict.
-- `datamodule`: the LightningDataModule over the prepared splits.
-- `module`: the LightningModule: losses, validation mAP, a picture of validation boxes per epoch.
-- `evaluation`: COCO metrics, precision-recall curves and the confusion matrix with background.
-- `draw`: images with their true and predicted boxes, in a grid.
 """
